@@ -1,0 +1,79 @@
+"""The pixel-space base text-to-image model and its sampler (DDPM / DDIM / DPM-Solver++,
+classifier-free guidance). The sampler takes any `denoise(x, t, cond) -> eps` callable, so
+the base model, experts and the apprentice share it."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+def build_unet(backbone: DictConfig, resolution: int, cross_attention_dim: int, seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    u = OmegaConf.to_container(backbone.unet, resolve=True)
+    return UNet2DConditionModel(
+        sample_size=resolution, in_channels=3, out_channels=3,
+        block_out_channels=tuple(u["block_out_channels"]), layers_per_block=u["layers_per_block"],
+        down_block_types=tuple(u["down_block_types"]), up_block_types=tuple(u["up_block_types"]),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=u["attention_head_dim"],
+        norm_num_groups=u["norm_num_groups"],
+    )
+
+
+def make_scheduler(kind: str, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+                   prediction_type: str = "epsilon"):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    kw = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type)
+    if kind == "ddpm":
+        return DDPMScheduler(**kw, clip_sample=True)
+    if kind == "ddim":
+        return DDIMScheduler(**kw, clip_sample=True, set_alpha_to_one=False)
+    if kind == "dpm":
+        return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
+                                           thresholding=False, lower_order_final=True)
+    raise ValueError(f"unknown scheduler {kind!r}")
+
+
+def training_scheduler(backbone: DictConfig):
+    return make_scheduler("ddpm", backbone.num_train_timesteps, backbone.get("beta_schedule", "squaredcos_cap_v2"),
+                          backbone.get("prediction_type", "epsilon"))
+
+
+@torch.no_grad()
+def sample(denoise: Callable, cond, uncond, shape: tuple, scheduler, steps: int, guidance: float,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Classifier-free guided sampling. `denoise(x, t, c)` returns eps; `cond`/`uncond` are
+    whatever `denoise` accepts (stacked along batch when guidance is used).
+    Returns samples in [-1, 1]."""
+    x = torch.randn(shape, generator=generator)
+    if steps >= scheduler.config.num_train_timesteps or scheduler.__class__.__name__ == "DDPMScheduler":
+        scheduler.set_timesteps(min(steps, scheduler.config.num_train_timesteps))
+    else:
+        scheduler.set_timesteps(steps)
+    x = x * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        tt = torch.full((shape[0],), int(t), dtype=torch.long)
+        if guidance and guidance != 1.0:
+            eps_c = denoise(x, tt, cond)
+            eps_u = denoise(x, tt, uncond)
+            eps = eps_u + guidance * (eps_c - eps_u)
+        else:
+            eps = denoise(x, tt, cond)
+        x = scheduler.step(eps, t, x, generator=generator).prev_sample if _takes_generator(scheduler) else \
+            scheduler.step(eps, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+def _takes_generator(scheduler) -> bool:
+    import inspect
+
+    return "generator" in inspect.signature(scheduler.step).parameters
+
+
+def to_uint8(x: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,130 @@
+"""Compose the Hydra config once (CLI or flow entry) and validate it before any work.
+
+Hydra's global state is not thread-safe (NOTES): compose here, pass the DictConfig down.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).expanduser().resolve()), replace=True)
+
+BACKBONES = ("tiny", "stable-diffusion")
+SCHEDULERS = ("ddpm", "ddim", "dpm")
+
+
+class ConfigError(ValueError):
+    """A wrong configuration value; its message is one line for the user."""
+
+
+def conf_dir() -> str:
+    return str(resources.files("suti.conf"))
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides (`profile=smoke expert.steps=50`)."""
+    from hydra import compose as hcompose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            cfg = hcompose(config_name="config", overrides=list(overrides or []))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)
+    return cfg
+
+
+def _num(cfg, path: str, lo=None, hi=None, integer=False):
+    v = OmegaConf.select(cfg, path)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise ConfigError(f"{path} must be a {'whole ' if integer else ''}number, got {v!r}")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{path} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{path} must be <= {hi}, got {v}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Catch wrong values before any work starts (one-line ConfigError)."""
+    if cfg.backbone.name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {cfg.backbone.name!r} (choose from {', '.join(BACKBONES)})")
+    _num(cfg, "world.resolution", 16, 512, True)
+    if cfg.world.resolution % 8:
+        raise ConfigError(f"world.resolution must be a multiple of 8, got {cfg.world.resolution}")
+    for key in ("world.page_subjects", "world.heldout_subjects", "world.pretrain_images", "world.pretrain_subjects"):
+        _num(cfg, key, 1, None, True)
+    for key in ("world.mixed_pages", "world.duplicate_pages", "world.small_pages", "world.demos_per_heldout"):
+        _num(cfg, key, 0, None, True)
+    for model in ("clip", "identity", "rater", "base"):
+        _num(cfg, f"foundation.{model}.steps", 0, None, True)
+        _num(cfg, f"foundation.{model}.lr", 0)
+    _num(cfg, "expert.steps", 0, None, True)
+    _num(cfg, "expert.lr", 0)
+    _num(cfg, "expert.guidance", 0)
+    _num(cfg, "expert.prompts_per_cluster", 1, None, True)
+    _num(cfg, "apprentice.steps", 0, None, True)
+    _num(cfg, "apprentice.demos", 1, 16, True)
+    _num(cfg, "apprentice.guidance", 0)
+    _num(cfg, "filter.lambda_", -1, 1)
+    for v in cfg.filter.sweep:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ConfigError(f"filter.sweep values must be numbers or null, got {v!r}")
+    _num(cfg, "num_workers", 1, 64, True)
+    if cfg.expert.method not in ("full", "lora"):
+        raise ConfigError(f"expert.method must be full or lora, got {cfg.expert.method!r}")
+    for key in ("expert.scheduler", "apprentice.scheduler", "foundation.eval.scheduler"):
+        if OmegaConf.select(cfg, key) not in SCHEDULERS:
+            raise ConfigError(f"{key} must be one of {', '.join(SCHEDULERS)}, got {OmegaConf.select(cfg, key)!r}")
+    uri = str(cfg.storage.uri)
+    if not (uri.startswith("file://") or uri.startswith("s3://")):
+        raise ConfigError(f"storage.uri must be file://... or s3://..., got {uri!r}")
+
+
+def workdir(cfg: DictConfig) -> Path:
+    p = Path(cfg.workdir).expanduser().resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def flat(cfg: DictConfig) -> dict:
+    """Flattened `a.b.c -> value` view, for MLflow params."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def setup_env(cfg: DictConfig) -> Path:
+    """Point every library's home and cache into the work directory; before importing prefect."""
+    wd = workdir(cfg)
+    for var, sub in (("PREFECT_HOME", ".prefect"), ("MPLCONFIGDIR", ".cache/matplotlib"),
+                     ("XDG_CACHE_HOME", ".cache"), ("TORCHINDUCTOR_CACHE_DIR", ".cache/inductor")):
+        if var not in os.environ:
+            (wd / sub).mkdir(parents=True, exist_ok=True)
+            os.environ[var] = str(wd / sub)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return wd

@@ -1,0 +1,240 @@
+"""Train and check the world's foundation models. Plain functions: the Prefect flow in
+`flows/foundation.py` only wires them.
+
+Each model is trained on the world's pre-training renders (`world/pretrain/`: the
+foundation models' own "internet", disjoint from the shop pages and the held-out
+subjects), saved to `foundation/<name>/model.pt` and checked on held-out renders.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from suti.models.clip import build_clip, text_hidden_states, tokenizer
+from suti.models.diffusion import build_unet, make_scheduler, sample, to_uint8, training_scheduler
+from suti.models.foundation import (BaseLit, ClipLit, IdentityLit, IdentityNet, RaterLit, RaterNet, corrupt, fit,
+                                    loader, scene_targets)
+from suti.models.scorers import Scorers, load_state, save_module
+from suti.world.corpus import WorldConfig, rng_for
+from suti.world.render import grid, render
+from suti.world.scene import Scene, generic_caption, random_scene, scene_from_dict, subject_from_dict
+
+log = logging.getLogger("suti.foundation")
+MODELS = ("clip", "identity", "rater", "base")
+
+
+def load_pretrain(store) -> tuple[np.ndarray, list[dict]]:
+    images = store.get_array("world/pretrain/images.npy")
+    scenes = [json.loads(x) for x in store.get_bytes("world/pretrain/scenes.jsonl").decode().splitlines()]
+    return images, scenes
+
+
+def _captions(scenes: list[dict], idx, rng, drop: float) -> list[str]:
+    return [generic_caption(scene_from_dict(scenes[int(i)]), rng, drop) for i in idx]
+
+
+def train_clip(cfg: DictConfig, store, images, scenes) -> dict:
+    c = cfg.foundation.clip
+    model = build_clip(cfg.backbone.clip_config, image_size=cfg.world.resolution, seed=cfg.seed)
+    tok = tokenizer(cfg.backbone.clip_config)
+
+    def batch(rng):
+        idx = rng.integers(0, len(images), c.batch_size)
+        return torch.as_tensor(images[idx]), tok(_captions(scenes, idx, rng, c.caption_drop))
+
+    loss = fit(ClipLit(model, c.lr, c.steps), loader(batch, cfg.seed + 1), c.steps, cfg.progress)
+    save_module(store, "foundation/clip/model.pt", model, {"config": cfg.backbone.clip_config, "loss": loss})
+    return {"loss": loss}
+
+
+def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
+    c = cfg.foundation.identity
+    arch = {"width": 32, "embed_dim": c.embed_dim}
+    torch.manual_seed(cfg.seed)
+    net = IdentityNet(**arch)
+    by_subject: dict[str, list[int]] = {}
+    for i, s in enumerate(scenes):
+        by_subject.setdefault(s["subject"]["id"], []).append(i)
+    groups = [v for v in by_subject.values() if len(v) >= 2]
+
+    def batch(rng):
+        picks = rng.choice(len(groups), size=min(c.subjects_per_batch, len(groups)), replace=False)
+        idx, ids = [], []
+        for g in picks:
+            members = groups[int(g)]
+            take = rng.choice(members, size=c.views_per_subject, replace=len(members) < c.views_per_subject)
+            idx += list(take)
+            ids += [int(g)] * len(take)
+        return torch.as_tensor(images[idx]), torch.as_tensor(ids)
+
+    loss = fit(IdentityLit(net, c.lr, c.steps, c.temperature), loader(batch, cfg.seed + 2), c.steps, cfg.progress)
+    save_module(store, "foundation/identity/model.pt", net, {"arch": arch, "loss": loss})
+    return {"loss": loss}
+
+
+def train_rater(cfg: DictConfig, store, images, scenes) -> dict:
+    c = cfg.foundation.rater
+    arch = {"width": 32}
+    torch.manual_seed(cfg.seed)
+    net = RaterNet(**arch)
+    targets = scene_targets(scenes)
+
+    def batch(rng):
+        idx = rng.integers(0, len(images), c.batch_size)
+        ims = images[idx]
+        fake = corrupt(ims[: c.batch_size // 2], rng)
+        real_label = torch.cat([torch.ones(len(ims)), torch.zeros(len(fake))])
+        return (torch.as_tensor(ims), {k: torch.as_tensor(v[idx]) for k, v in targets.items()},
+                torch.as_tensor(fake), real_label)
+
+    loss = fit(RaterLit(net, c.lr, c.steps), loader(batch, cfg.seed + 3), c.steps, cfg.progress)
+    save_module(store, "foundation/rater/model.pt", net, {"arch": arch, "loss": loss})
+    return {"loss": loss}
+
+
+def load_clip(cfg: DictConfig, store):
+    clip = build_clip(cfg.backbone.clip_config, image_size=cfg.world.resolution)
+    clip.load_state_dict(load_state(store, "foundation/clip/model.pt")["state_dict"])
+    return clip.eval().requires_grad_(False)
+
+
+def train_base(cfg: DictConfig, store, images, scenes) -> dict:
+    c = cfg.foundation.base
+    clip = load_clip(cfg, store)
+    tok = tokenizer(cfg.backbone.clip_config)
+    unet = build_unet(cfg.backbone, cfg.world.resolution, clip.transformer.width, seed=cfg.seed)
+
+    def batch(rng):
+        idx = rng.integers(0, len(images), c.batch_size)
+        caps = [("" if rng.random() < c.uncond_prob else cap) for cap in _captions(scenes, idx, rng, c.caption_drop)]
+        return torch.as_tensor(images[idx]), tok(caps)
+
+    loss = fit(BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps), loader(batch, cfg.seed + 4),
+               c.steps, cfg.progress)
+    save_module(store, "foundation/base/model.pt", unet,
+                {"unet_config": dict(unet.config), "loss": loss, "text_encoder": "foundation/clip/model.pt"})
+    return {"loss": loss}
+
+
+def load_base_unet(cfg: DictConfig, store):
+    from diffusers import UNet2DConditionModel
+
+    state = load_state(store, "foundation/base/model.pt")
+    unet = UNet2DConditionModel.from_config(state["meta"]["unet_config"])
+    unet.load_state_dict(state["state_dict"])
+    return unet.eval()
+
+
+def generate_base(unet, clip, clip_name: str, prompts: list[str], cfg_sampling, seed: int, batch: int = 50) -> np.ndarray:
+    """Sample one image per prompt from a text-conditioned UNet with CFG."""
+    tok = tokenizer(clip_name)
+    sched = make_scheduler(cfg_sampling.scheduler)
+    res = unet.config.sample_size
+    out = []
+    for i in range(0, len(prompts), batch):
+        p = prompts[i:i + batch]
+        with torch.no_grad():
+            cond = text_hidden_states(clip, tok(p))
+            uncond = text_hidden_states(clip, tok([""] * len(p)))
+        g = torch.Generator().manual_seed(seed + i)
+        x = sample(lambda x, t, c: unet(x, t, c).sample, cond, uncond, (len(p), 3, res, res), sched,
+                   cfg_sampling.sample_steps, cfg_sampling.guidance, g)
+        out.append(to_uint8(x))
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------- checks
+
+def heldout_renders(cfg: DictConfig, store, n: int) -> list[Scene]:
+    """Random scenes of held-out subjects (reads the world's truth: evaluation only)."""
+    subjects = [subject_from_dict(json.loads(x)) for x in store.get_bytes("world/truth/heldout.jsonl").decode().splitlines()]
+    rng = rng_for("foundation-check", cfg.seed)
+    return [random_scene(rng, subjects[i % len(subjects)]) for i in range(n)]
+
+
+def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dict:
+    """The foundation checks of the issue, on held-out renders."""
+    sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
+    scenes = heldout_renders(cfg, store, cfg.foundation.eval.heldout_renders)
+    R = cfg.world.resolution
+    ims = np.stack([render(s, R) for s in scenes])
+    caps = [generic_caption(s) for s in scenes]
+    res: dict = {}
+
+    # CLIP: image -> caption top-1 among groups of 100 captions
+    ie, te = sc.image_embed(ims), sc.text_embed(caps)
+    hits, groups = [], 0
+    for g in range(0, len(ims) - 99 if len(ims) >= 100 else 1, 100):
+        sl = slice(g, g + 100)
+        sim = ie[sl] @ te[sl].T
+        gt = np.array([[caps[g + i] == caps[g + j] for j in range(sim.shape[1])] for i in range(sim.shape[0])])
+        hits += list(gt[np.arange(len(sim)), sim.argmax(1)])
+        groups += 1
+    res["clip"] = {"retrieval_top1": float(np.mean(hits)), "pool": min(100, len(ims)), "groups": groups,
+                   "chance": 1.0 / min(100, len(ims))}
+
+    # identity: same subject in different contexts vs different subject of the same class
+    emb = sc.identity_embed(ims)
+    same, diff = [], []
+    for i in range(len(scenes)):
+        for j in range(i + 1, len(scenes)):
+            a, b = scenes[i], scenes[j]
+            if a.subject.id == b.subject.id and a.context != b.context:
+                same.append(float(emb[i] @ emb[j]))
+            elif a.subject.id != b.subject.id and a.subject.cls == b.subject.cls:
+                diff.append(float(emb[i] @ emb[j]))
+    ms = float(np.mean(same)) if same else None
+    md = float(np.mean(diff)) if diff else None
+    res["identity"] = {"same_subject": ms, "other_subject_same_class": md,
+                       "margin": ms - md if same and diff else None, "pairs": [len(same), len(diff)]}
+
+    # rater
+    pred = sc.labels(ims)
+    res["rater"] = {
+        "class_acc": float(np.mean([p["cls"] == s.subject.cls for p, s in zip(pred, scenes)])),
+        "context_acc": float(np.mean([p["context"] == s.context for p, s in zip(pred, scenes)])),
+        "pattern_acc": float(np.mean([p["pattern"] == s.subject.pattern for p, s in zip(pred, scenes)])),
+        "view_acc": float(np.mean([p["view"] == s.view for p, s in zip(pred, scenes)])),
+        "style_acc": float(np.mean([p["style"] == s.style for p, s in zip(pred, scenes)])),
+        "real_on_renders": float(np.mean([p["real"] > 0.5 for p in pred])),
+    }
+
+    # base model vs untrained, on generic held-out prompts
+    n = cfg.foundation.eval.base_prompts
+    ps = heldout_renders(cfg, store, n)
+    prompts = [generic_caption(s) for s in ps]
+    real = np.stack([render(s, R) for s in ps])
+    res["real_clip_t"] = float(sc.clip_t(real, prompts).mean())
+    samples = {}
+    for name, unet in (("base", base_unet), ("untrained", untrained_unet)):
+        if unet is None:
+            continue
+        t0 = time.time()
+        ims_g = generate_base(unet, sc.clip, cfg.backbone.clip_config, prompts, cfg.foundation.eval, cfg.seed)
+        lab = sc.labels(ims_g)
+        res[name] = {"class_acc": float(np.mean([p["cls"] == s.subject.cls for p, s in zip(lab, ps)])),
+                     "context_acc": float(np.mean([p["context"] == s.context for p, s in zip(lab, ps)])),
+                     "clip_t": float(sc.clip_t(ims_g, prompts).mean()),
+                     "sample_seconds": round(time.time() - t0, 1)}
+        samples[name] = ims_g
+    if "base" in res:
+        res["base"]["real_clip_t"] = res["real_clip_t"]
+        res["base"]["clip_t_ratio"] = res["base"]["clip_t"] / max(1e-6, res["real_clip_t"])
+    k = min(16, n)
+    rows = [real[:k]] + [samples[s][:k] for s in ("base", "untrained") if s in samples]
+    res["_grid"] = grid([im for r in rows for im in r], k, scale=3)
+    res["_prompts"] = prompts[:k]
+    return res
+
+
+def untrained_unet(cfg: DictConfig):
+    import json as _j
+    from importlib import resources
+
+    width = _j.loads((resources.files("suti.models") / "model_configs" / f"{cfg.backbone.clip_config}.json").read_text())["text_cfg"]["width"]
+    return build_unet(cfg.backbone, cfg.world.resolution, width, seed=cfg.seed + 99).eval()

@@ -1,0 +1,115 @@
+"""Reusable helpers for tests that need a real background server.
+
+Not a conftest: import what you need, e.g. ``from servers import moto_server``
+(pytest's default "prepend" import mode puts ``tests/`` on ``sys.path`` while
+``tests/`` has no ``__init__.py``; with one, use ``from tests.servers import ...``).
+
+Servers bind to 127.0.0.1 on a free port, and we stop exactly the process we
+started (by its own PID), never anything found by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+__all__ = ["free_port", "moto_server", "stop_process", "wait_for_http"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (nothing listens on it now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until any HTTP answer arrives (an error status counts as up).
+
+    Raises RuntimeError if ``proc`` exits first or ``timeout`` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered, just not with 2xx
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer from {url} within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop exactly ``proc``: terminate, wait up to ``grace`` s, then kill."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace)
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the block, restoring the old values after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def moto_server(timeout: float = 30.0) -> Iterator[str]:
+    """Run a moto S3 server (``python -m moto.server``) and yield its endpoint URL.
+
+    While the block runs, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are ``testing``
+    and AWS_DEFAULT_REGION is ``us-east-1`` (moto accepts any credentials).
+    The server's output goes to a temp log, quoted in the error if it fails to start.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile(mode="w+b")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    pid = proc.pid  # the server's own PID: the only process we will stop
+    try:
+        try:
+            wait_for_http(f"{url}/moto-api/", timeout=timeout, proc=proc)
+        except RuntimeError as exc:
+            log.seek(0)
+            tail = log.read()[-2000:].decode("utf-8", "replace")
+            raise RuntimeError(f"moto server (pid {pid}) did not start: {exc}\n{tail}") from None
+        with _env(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        ):
+            yield url
+    finally:
+        stop_process(proc)
+        log.close()
