@@ -213,10 +213,40 @@ class BaseLit(_Lit):
         return loss
 
 
-def fit(module: L.LightningModule, train_loader, max_steps: int, progress: bool = True, logger=None) -> float:
+class StepLog(L.Callback):
+    """A log line every `every` steps with the count, loss and speed: readable in Prefect's
+    UI and in a log file, where a progress bar is not."""
+
+    def __init__(self, name: str, total: int, every: int = 100):
+        import logging
+        import time
+
+        self.name, self.total, self.every = name, total, every
+        self.log, self.time, self.t0 = logging.getLogger("suti.train"), time.time, None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.t0 is None:
+            self.t0 = self.time()
+        step = trainer.global_step
+        if step % self.every == 0 or step == self.total:
+            loss = trainer.callback_metrics.get("train/loss")
+            rate = (self.time() - self.t0) / max(1, step)
+            self.log.info(f"{self.name}: step {step}/{self.total} loss {float(loss) if loss is not None else float('nan'):.4f}"
+                          f" ({rate:.3f} s/step, ~{rate * (self.total - step):.0f} s left)")
+
+
+def fit(module: L.LightningModule, train_loader, max_steps: int, progress: bool = True, logger=None,
+        name: str | None = None, callbacks: list | None = None) -> float:
     """Run a Lightning fit for `max_steps`; returns the last logged loss."""
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=logger or False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+    import logging
+    import sys
+
+    for name_ in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name_).setLevel(logging.WARNING)  # GPU/TPU availability banners on every fit
+    cbs = list(callbacks or []) + [StepLog(name or module.__class__.__name__, max_steps, max(10, max_steps // 20))]
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=logger or False, callbacks=cbs,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=progress and sys.stderr.isatty(),
                         log_every_n_steps=max(1, min(50, max_steps // 10)), num_sanity_val_steps=0)
     if max_steps > 0:
         trainer.fit(module, train_loader)

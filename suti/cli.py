@@ -10,11 +10,25 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import re
 import sys
 
 COMMANDS = {
     "world": ("suti.flows.world", "world_flow", "render the synthetic web, held-out subjects and pre-training renders"),
     "foundation": ("suti.flows.foundation", "foundation_flow", "train + check + register the world's foundation models"),
+    "mine": ("suti.flows.mine", "mine_flow", "mine subject clusters from the web pages; write unseen prompts"),
+    "experts": ("suti.flows.experts", "experts_flow", "fine-tune one expert per cluster and sample its unseen prompts"),
+    "filter": ("suti.flows.filter", "filter_flow", "score every expert sample with delta-CLIP; build G(lambda)"),
+    "train": ("suti.flows.train", "train_flow", "train the apprentice on G(lambda); register it as a candidate"),
+    "generate": ("suti.flows.generate", "generate_flow", "render a subject from demos + a prompt with the apprentice"),
+    "dreamsuti": ("suti.flows.dreamsuti", "dreamsuti_flow", "fine-tune the apprentice on one subject (Dream-SuTI)"),
+    "eval": ("suti.flows.eval", "eval_flow", "DreamBench-protocol evaluation: Table 1, K-shot, v2 levels"),
+    "rate": ("suti.flows.rate", "rate_flow", "serve the rating page; --push aggregates answers into MLflow"),
+    "sweep": ("suti.flows.sweep", "sweep_flow", "lambda sweep: G(lambda) -> apprentice -> eval, nested MLflow runs"),
+    "promote": ("suti.flows.promote", "promote_flow", "move the champion alias when the candidate is better"),
+    "run": ("suti.flows.pipeline", "pipeline_flow", "the whole pipeline on the embedded synthetic world"),
 }
 
 
@@ -29,29 +43,48 @@ def _user_errors():
     return (ConfigError, StoreError, UserError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
+OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.]*=")
+
+
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="suti", description="SuTI: subject-driven text-to-image via apprenticeship learning")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, _, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke expert.steps=50")
-        p.add_argument("--force", action="store_true", help="redo finished work instead of reusing it")
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
+    commands = {k: v for k, v in COMMANDS.items() if _exists(v[0])}
+    top = argparse.ArgumentParser(prog="suti", description="SuTI: subject-driven text-to-image via apprenticeship learning")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, _, help_) in commands.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] not in commands:
+        if argv and not argv[0].startswith("-"):
+            print(f"suti: error: unknown command {argv[0]!r} (choose from {', '.join(commands)})", file=sys.stderr)
+            return 2
+        top.print_help()
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name, rest = argv[0], argv[1:]
     try:
         from suti.config import compose, setup_env
 
-        cfg = compose(args.overrides)  # validate before importing heavy libraries
-        setup_env(cfg)
-        import importlib
-
-        module, fn, _ = COMMANDS[args.command]
-        flow = getattr(importlib.import_module(module), fn)
-        flow(overrides=list(args.overrides), force=args.force)
-        return 0
+        if "-h" not in rest and "--help" not in rest:
+            # validate the config and point caches at the workdir before importing prefect
+            cfg = compose([a for a in rest if OVERRIDE.match(a)])
+            setup_env(cfg)
+        module, fn, help_ = commands[name]
+        mod = importlib.import_module(module)
+        p = argparse.ArgumentParser(prog=f"suti {name}", description=help_)
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke expert.steps=50")
+        p.add_argument("--force", action="store_true", help="redo finished work instead of reusing it")
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(p)  # command-specific flags (e.g. generate's --demo), passed to the flow as kwargs
+        args = p.parse_args(rest)
+        extra = {k: v for k, v in vars(args).items() if k not in ("overrides", "force")}
+        result = getattr(mod, fn)(overrides=list(args.overrides), force=args.force, **extra)
+        return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
     except KeyboardInterrupt:
         print("suti: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

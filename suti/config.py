@@ -5,6 +5,7 @@ Hydra's global state is not thread-safe (NOTES): compose here, pass the DictConf
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -37,7 +38,11 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
             cfg = hcompose(config_name="config", overrides=list(overrides or []))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(" ".join(str(e).split())) from None
+        msg = " ".join(str(e).split())
+        m = re.search(r"Could not find '([^/']+)/([^']+)' Available options in '[^']+': (.*?) Config search", msg)
+        if m:
+            msg = f"unknown {m.group(1)} {m.group(2)!r} (choose from {', '.join(m.group(3).split())})"
+        raise ConfigError(msg) from None
     finally:
         GlobalHydra.instance().clear()
     validate(cfg)

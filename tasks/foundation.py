@@ -47,7 +47,7 @@ def train_clip(cfg: DictConfig, store, images, scenes) -> dict:
         idx = rng.integers(0, len(images), c.batch_size)
         return torch.as_tensor(images[idx]), tok(_captions(scenes, idx, rng, c.caption_drop))
 
-    loss = fit(ClipLit(model, c.lr, c.steps), loader(batch, cfg.seed + 1), c.steps, cfg.progress)
+    loss = fit(ClipLit(model, c.lr, c.steps), loader(batch, cfg.seed + 1), c.steps, cfg.progress, name="clip")
     save_module(store, "foundation/clip/model.pt", model, {"config": cfg.backbone.clip_config, "loss": loss})
     return {"loss": loss}
 
@@ -72,7 +72,7 @@ def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
             ids += [int(g)] * len(take)
         return torch.as_tensor(images[idx]), torch.as_tensor(ids)
 
-    loss = fit(IdentityLit(net, c.lr, c.steps, c.temperature), loader(batch, cfg.seed + 2), c.steps, cfg.progress)
+    loss = fit(IdentityLit(net, c.lr, c.steps, c.temperature), loader(batch, cfg.seed + 2), c.steps, cfg.progress, name="identity")
     save_module(store, "foundation/identity/model.pt", net, {"arch": arch, "loss": loss})
     return {"loss": loss}
 
@@ -92,7 +92,7 @@ def train_rater(cfg: DictConfig, store, images, scenes) -> dict:
         return (torch.as_tensor(ims), {k: torch.as_tensor(v[idx]) for k, v in targets.items()},
                 torch.as_tensor(fake), real_label)
 
-    loss = fit(RaterLit(net, c.lr, c.steps), loader(batch, cfg.seed + 3), c.steps, cfg.progress)
+    loss = fit(RaterLit(net, c.lr, c.steps), loader(batch, cfg.seed + 3), c.steps, cfg.progress, name="rater")
     save_module(store, "foundation/rater/model.pt", net, {"arch": arch, "loss": loss})
     return {"loss": loss}
 
@@ -115,7 +115,7 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
         return torch.as_tensor(images[idx]), tok(caps)
 
     loss = fit(BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps), loader(batch, cfg.seed + 4),
-               c.steps, cfg.progress)
+               c.steps, cfg.progress, name="base")
     save_module(store, "foundation/base/model.pt", unet,
                 {"unet_config": dict(unet.config), "loss": loss, "text_encoder": "foundation/clip/model.pt"})
     return {"loss": loss}

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real config composed and shrunk to the smoke profile, outputs
+under tmp paths; one smoke world + foundation built once per test session."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before prefect / mlflow are imported anywhere: keep their homes and caches out of ~.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="suti-tests-"))
+for var, sub in (("PREFECT_HOME", "prefect"), ("MPLCONFIGDIR", "mpl"), ("XDG_CACHE_HOME", "cache"),
+                 ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+    os.environ.setdefault(var, str(_SESSION_HOME / sub))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("PREFECT_API_URL", None)  # ephemeral mode unless a test starts a server
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/servers.py
+
+
+def smoke_overrides(workdir: Path, *extra: str) -> list[str]:
+    """Overrides that point every output of a run at `workdir`."""
+    return ["profile=smoke", f"workdir={workdir}", f"reports_dir={workdir / 'reports'}", "progress=false", *extra]
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """A smoke-profile world and foundation, built once: (overrides, cfg, store)."""
+    from suti.flows.common import prepare
+    from suti.flows.foundation import foundation_flow
+
+    wd = tmp_path_factory.mktemp("smoke")
+    ov = smoke_overrides(wd)
+    foundation_flow(overrides=ov)
+    cfg, store = prepare(ov)
+    return ov, cfg, store
