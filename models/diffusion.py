@@ -24,18 +24,32 @@ def build_unet(backbone: DictConfig, resolution: int, cross_attention_dim: int, 
 
 
 def make_scheduler(kind: str, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-                   prediction_type: str = "epsilon"):
+                   prediction_type: str = "epsilon", thresholding: bool = False):
+    """A sampling scheduler. `thresholding` is Imagen's dynamic thresholding, which keeps
+    high classifier-free guidance (15-30, the paper's values) from saturating pixels."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     kw = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type)
+    if thresholding:
+        kw.update(thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=1.0)
     if kind == "ddpm":
-        return DDPMScheduler(**kw, clip_sample=True)
+        return DDPMScheduler(**kw, clip_sample=not thresholding)
     if kind == "ddim":
-        return DDIMScheduler(**kw, clip_sample=True, set_alpha_to_one=False)
+        return DDIMScheduler(**kw, clip_sample=not thresholding, set_alpha_to_one=False)
     if kind == "dpm":
         return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
                                            thresholding=False, lower_order_final=True)
     raise ValueError(f"unknown scheduler {kind!r}")
+
+
+def guided_scheduler(kind: str, guidance: float, backbone=None):
+    """The sampling scheduler for a guidance scale: dynamic thresholding from 10 up."""
+    kw = {}
+    if backbone is not None:
+        kw = dict(num_train_timesteps=backbone.num_train_timesteps,
+                  beta_schedule=backbone.get("beta_schedule", "squaredcos_cap_v2"),
+                  prediction_type=backbone.get("prediction_type", "epsilon"))
+    return make_scheduler(kind, thresholding=guidance >= 10, **kw)
 
 
 def training_scheduler(backbone: DictConfig):

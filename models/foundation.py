@@ -222,16 +222,16 @@ class StepLog(L.Callback):
         import time
 
         self.name, self.total, self.every = name, total, every
-        self.log, self.time, self.t0 = logging.getLogger("suti.train"), time.time, None
+        self._log, self._time, self.t0 = logging.getLogger("suti.train"), time.time, None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self.t0 is None:
-            self.t0 = self.time()
+            self.t0 = self._time()
         step = trainer.global_step
         if step % self.every == 0 or step == self.total:
             loss = trainer.callback_metrics.get("train/loss")
-            rate = (self.time() - self.t0) / max(1, step)
-            self.log.info(f"{self.name}: step {step}/{self.total} loss {float(loss) if loss is not None else float('nan'):.4f}"
+            rate = (self._time() - self.t0) / max(1, step)
+            self._log.info(f"{self.name}: step {step}/{self.total} loss {float(loss) if loss is not None else float('nan'):.4f}"
                           f" ({rate:.3f} s/step, ~{rate * (self.total - step):.0f} s left)")
 
 

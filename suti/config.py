@@ -131,5 +131,7 @@ def setup_env(cfg: DictConfig) -> Path:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # a busy 2-core machine can take longer than the default 20 s to start the ephemeral server
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return wd

@@ -1,0 +1,171 @@
+"""`suti experts`: one expert per mined cluster, mapped concurrently with Prefect task
+mapping on one machine (thread or Dask runner), or one flow run per shard on a work pool
+(`expert.runner=deployment`, exercised by the operations tests). A rerun skips finished
+experts; a failing expert is retried, then recorded as failed without stopping the others."""
+from __future__ import annotations
+
+import os
+import time
+
+from omegaconf import DictConfig, OmegaConf
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from suti.flows.common import logger, prepare, write_report
+from suti.tasks.experts import ExpertResult, ExpertSpec, expert_specs, run_expert
+from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
+
+
+def _runtime(cfg_dict: dict, store_uri: str, endpoint: str | None):
+    """Rebuild what a task needs from plain values (no in-memory models cross tasks)."""
+    from suti.models.scorers import load_state
+    from suti.store import open_store
+    from suti.tasks.foundation import load_clip
+
+    cfg = OmegaConf.create(cfg_dict)
+    store = open_store(store_uri, endpoint)
+    return cfg, store, load_state(store, "foundation/base/model.pt"), load_clip(cfg, store)
+
+
+@task(name="expert", task_run_name="expert-{spec.cluster_id}", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def train_expert(spec: ExpertSpec, cfg_dict: dict, store_uri: str, endpoint: str | None = None) -> ExpertResult:
+    cfg, store, base_state, clip = _runtime(cfg_dict, store_uri, endpoint)
+    fail = os.environ.get("SUTI_FAIL_EXPERT")  # fault injection for the isolation test
+    if fail and fail == spec.cluster_id:
+        raise RuntimeError(f"injected failure for expert {spec.cluster_id}")
+    res = run_expert(spec, cfg, store, base_state, clip)
+    logger().info(f"expert {spec.cluster_id}: {res.status}, {res.samples} samples "
+                  f"(train {res.train_seconds}s, sample {res.sample_seconds}s)")
+    return res
+
+
+def task_runner(cfg: DictConfig):
+    if cfg.expert.get("runner", "thread") == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(cluster_kwargs={"n_workers": int(cfg.num_workers), "processes": True,
+                                              "threads_per_worker": 1, "dashboard_address": None})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=int(cfg.num_workers))
+
+
+def run_specs(specs: list[ExpertSpec], cfg: DictConfig, store) -> list[ExpertResult]:
+    """Map experts over the configured task runner; failures become `failed` results."""
+    import torch
+
+    if not specs:
+        return []
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    uri, endpoint = str(cfg.storage.uri), cfg.storage.get("endpoint_url")
+    # threads share the process: split the cores between concurrent experts
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(cfg.num_workers)))
+
+    @flow(name="experts-map", task_runner=task_runner(cfg))
+    def _map():
+        futures = train_expert.map(specs, cfg_dict=cfg_dict, store_uri=uri, endpoint=endpoint)
+        out = []
+        for spec, fut in zip(specs, futures):
+            try:
+                out.append(fut.result())
+            except Exception as e:  # isolated: recorded, the others go on
+                msg = " ".join(str(e).split())[:300]
+                store.put_json(f"experts/{spec.cluster_id}/failed.json", {"error": msg})
+                out.append(ExpertResult(cluster_id=spec.cluster_id, status="failed", error=msg))
+        return out
+
+    return _map()
+
+
+@flow(name="experts-shard", log_prints=True)
+def experts_shard_flow(overrides: list[str] | None = None, shard: int = 0, num_shards: int = 1,
+                       force: bool = False) -> dict:
+    """One shard of the experts (a flow run on a work pool, e.g. one GPU)."""
+    cfg, store = prepare(overrides)
+    specs = expert_specs(store, cfg.expert.get("clusters"))[shard::num_shards]
+    res = run_specs(specs, cfg, store)
+    return {"shard": shard, "results": [r.model_dump() for r in res]}
+
+
+def _fan_out_deployments(cfg, overrides, n_shards: int) -> list[ExpertResult]:
+    from prefect.deployments import run_deployment
+
+    runs = [run_deployment(cfg.expert.get("deployment", "experts-shard/experts-shard"),
+                           parameters={"overrides": list(overrides or []), "shard": i, "num_shards": n_shards},
+                           timeout=None) for i in range(n_shards)]
+    out = []
+    for r in runs:
+        state = r.state
+        if state is None or not state.is_completed():
+            raise RuntimeError(f"shard flow run {r.name} ended {state.name if state else 'unknown'}")
+        out += [ExpertResult(**x) for x in state.result()["results"]]
+    return out
+
+
+@flow(name="experts", log_prints=True)
+def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
+    from suti.flows.mine import mine_flow
+
+    cfg, store = prepare(overrides)
+    lg = logger()
+    mine_flow(overrides)
+    specs = expert_specs(store, cfg.expert.get("clusters"))
+    if force:
+        for s in specs:
+            store.delete(f"experts/{s.cluster_id}")
+    lg.info(f"{len(specs)} experts to run ({cfg.expert.method}, {cfg.expert.steps} steps, runner "
+            f"{cfg.expert.get('runner', 'thread')}, {cfg.num_workers} workers)")
+    t0 = time.time()
+    with mlflow_run(cfg, "experts") as rid:
+        if cfg.expert.get("runner", "thread") == "deployment":
+            results = _fan_out_deployments(cfg, overrides, int(cfg.expert.get("shards", 2)))
+        else:
+            results = run_specs(specs, cfg, store)
+        wall = time.time() - t0
+        report = summarize(results, wall, cfg)
+        report["mlflow_run_id"] = rid
+        if cfg.expert.get("check", True):
+            from suti.tasks.experts_check import check_experts
+
+            lg.info("checking experts against the base model and real renders (reads world truth: check only)")
+            check = check_experts(cfg, store, n_clusters=int(cfg.expert.get("check_clusters", 30)))
+            grid_png = check.pop("_grid", None)
+            if grid_png:
+                store.put_bytes("experts/examples/grid.png", grid_png)
+                log_bytes(rid, grid_png, "examples", "experts_grid.png")
+            report["check"] = check
+        log_metrics(rid, {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if "check" in report:
+            log_metrics(rid, {f"check.{k}": v for k, v in report["check"].items() if isinstance(v, (int, float))})
+        log_json(rid, report, "experts.json")
+    create_table_artifact(key="experts", table=[r.model_dump() for r in results], description="Experts by status")
+    create_markdown_artifact(key="experts-summary", markdown=_markdown(report))
+    path = write_report(cfg, "experts", report)
+    lg.info(f"experts: {report['trained']} trained, {report['reused']} reused, {report['failed']} failed; "
+            f"{report['seconds_per_expert']:.1f} s/expert; report {path}")
+    return report
+
+
+def summarize(results: list[ExpertResult], wall: float, cfg: DictConfig) -> dict:
+    trained = [r for r in results if r.status == "trained"]
+    per = [r.train_seconds + r.sample_seconds for r in trained]
+    spe = float(sum(per) / len(per)) if per else 0.0
+    return {"experts": len(results), "trained": len(trained), "reused": sum(r.status == "reused" for r in results),
+            "failed": sum(r.status == "failed" for r in results),
+            "failed_ids": [r.cluster_id for r in results if r.status == "failed"],
+            "samples": sum(r.samples for r in results), "method": cfg.expert.method, "steps": int(cfg.expert.steps),
+            "seconds_per_expert": spe, "train_seconds_per_expert": float(sum(r.train_seconds for r in trained) / max(1, len(trained))),
+            "sample_seconds_per_expert": float(sum(r.sample_seconds for r in trained) / max(1, len(trained))),
+            "wall_seconds": round(wall, 1), "workers": int(cfg.num_workers),
+            "experts_per_hour": 3600.0 * len(trained) / wall if trained and wall > 0 else 0.0}
+
+
+def _markdown(r: dict) -> str:
+    lines = ["| figure | value |", "|---|---|"]
+    for k in ("experts", "trained", "reused", "failed", "samples", "method", "seconds_per_expert", "experts_per_hour"):
+        lines.append(f"| {k} | {r[k]} |")
+    for k, v in (r.get("check") or {}).items():
+        if isinstance(v, (int, float)):
+            lines.append(f"| check.{k} | {v:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""delta-CLIP quality filter (Algorithm 1's last step):
+
+    delta(y_s, C_s, p_s) = CLIP(y_s, p_s) - max_{x in C_s} CLIP(x, p_s)
+
+keeps an expert sample only when it matches its prompt better than any of the cluster's
+own images do (by more than lambda). G(lambda) = {(y_s, p_s, C_s) : delta > lambda};
+lambda = None keeps every sample."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from suti.tasks.experts import finished_experts, read_image
+
+
+def delta_rows(scorers, store, resolution: int) -> list[dict]:
+    """One row per expert sample with its delta and what the apprentice needs to train."""
+    rows = []
+    for rec in finished_experts(store):
+        demos = np.stack([read_image(store, k, resolution) for k in rec["demo_keys"]])
+        samples = np.stack([read_image(store, s["key"], resolution) for s in rec["samples"]])
+        prompts = [s["prompt"] for s in rec["samples"]]
+        t = scorers.text_embed(prompts)  # (S, D)
+        ys = (scorers.image_embed(samples) * t).sum(1)  # CLIP(y_s, p_s)
+        xs = (scorers.image_embed(demos) @ t.T).max(0)  # max_x CLIP(x, p_s)
+        for s, y, x in zip(rec["samples"], ys, xs):
+            rows.append({"sample_key": s["key"], "cluster_id": rec["cluster_id"], "prompt": s["prompt"],
+                         "prompt_record": s.get("prompt_record", {}), "delta": float(y - x),
+                         "clip_sample": float(y), "clip_demo_max": float(x),
+                         "demo_keys": rec["demo_keys"], "demo_texts": rec["demo_texts"]})
+    return rows
+
+
+def select(rows: list[dict], lam: float | None) -> list[dict]:
+    """G(lambda)."""
+    return list(rows) if lam is None else [r for r in rows if r["delta"] > lam]
+
+
+def load_rows(store) -> list[dict]:
+    if not store.is_done("filter"):
+        raise FileNotFoundError("no finished filter output in the store: run `suti filter` first")
+    return [json.loads(x) for x in store.get_bytes("filter/deltas.jsonl").decode().splitlines() if x.strip()]
+
+
+def load_G(store, lam: float | None) -> list[dict]:
+    return select(load_rows(store), lam)
+
+
+def histogram_png(deltas: list[float], lam: float | None) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.hist(deltas, bins=40, color="#4a7ab5")
+    if lam is not None:
+        ax.axvline(lam, color="#c0392b", linestyle="--", label=f"lambda = {lam}")
+        ax.legend()
+    ax.set_xlabel("delta-CLIP = CLIP(y, p) - max_x CLIP(x, p)")
+    ax.set_ylabel("expert samples")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

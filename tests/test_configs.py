@@ -1,0 +1,56 @@
+"""Every config group composes and validates; wrong values fail with one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from suti.config import ConfigError, compose, conf_dir
+
+GROUPS = sorted(p.name for p in Path(conf_dir()).iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def _options(group):
+    return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes(group, option, tmp_path, monkeypatch):
+    monkeypatch.setenv("SUTI_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    extra = ["backbone.path=/nonexistent/sd"] if (group, option) == ("backbone", "stable-diffusion") else []
+    cfg = compose([f"{group}={option}", f"workdir={tmp_path}", *extra])
+    assert group in cfg or group == "profile"
+    if group == "profile":
+        assert cfg.profile_name == option
+
+
+def test_profiles_shrink_and_grow(tmp_path):
+    smoke = compose(["profile=smoke", f"workdir={tmp_path}"])
+    default = compose([f"workdir={tmp_path}"])
+    paper = compose(["profile=paper", f"workdir={tmp_path}"])
+    assert smoke.foundation.base.steps < default.foundation.base.steps
+    assert smoke.world.page_subjects < default.world.page_subjects < paper.world.page_subjects
+    assert paper.expert.steps == 500 and paper.expert.lr == 1e-5 and paper.expert.guidance == 30
+    assert paper.apprentice.guidance == 15 and paper.filter.lambda_ == 0.02
+
+
+def test_file_store_uri_is_absolute(tmp_path):
+    cfg = compose([f"workdir={tmp_path}"])
+    assert cfg.storage.uri == f"file://{tmp_path.resolve()}/store"
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("expert.steps=-1", "expert.steps must be >= 0"),
+    ("backbone=nope", "unknown backbone 'nope'"),
+    ("filter.lambda_=abc", "filter.lambda_ must be a number"),
+    ("world.resolution=30", "multiple of 8"),
+    ("expert.method=qlora", "expert.method must be full or lora"),
+    ("storage.uri=ftp://x", "storage.uri must be"),
+    ("nosuchkey=1", "nosuchkey"),
+])
+def test_wrong_values_are_one_line_errors(override, needle):
+    with pytest.raises(ConfigError) as e:
+        compose([override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
