@@ -146,11 +146,17 @@ class TinyBackbone(Backbone):
     name = "tiny"
     latent = False
 
-    def __init__(self, clip, clip_name: str, unet, schedule: dict):
-        from suti.models.clip import tokenizer
+    def __init__(self, clip, clip_name: str, unet, schedule: dict, clip_config: dict | None = None):
+        from suti.models.clip import register_model_configs, tokenizer
 
         self.clip = clip.eval().requires_grad_(False)
         self.clip_name = clip_name
+        if clip_config is None:
+            import open_clip
+
+            register_model_configs()
+            clip_config = open_clip.get_model_config(clip_name)
+        self.clip_config = clip_config  # the architecture, exported with the weights
         self.unet = unet
         self.schedule = dict(schedule)
         self.resolution = int(unet.config.sample_size)
@@ -188,14 +194,19 @@ class TinyBackbone(Backbone):
 
         from suti.models.clip import build_clip
 
+        import open_clip
+
         d = Path(directory)
         info = json.loads((d / "backbone.json").read_text())
         u = torch.load(d / "unet.pt", map_location="cpu", weights_only=False)
         unet = UNet2DConditionModel.from_config(u["unet_config"])
         unet.load_state_dict(u["state_dict"])
-        clip = build_clip(info["clip_config"], image_size=int(unet.config.sample_size))
+        # The exported architecture under its own registry name: later edits of the
+        # project's model_configs/ cannot break a registered model.
+        open_clip.add_model_config(str(d / "open_clip"))
+        clip = build_clip(info["clip_registry_name"], image_size=int(unet.config.sample_size))
         clip.load_state_dict(torch.load(d / "clip.pt", map_location="cpu", weights_only=True))
-        return cls(clip, info["clip_config"], unet.eval(), info["schedule"])
+        return cls(clip, info["clip_registry_name"], unet.eval(), info["schedule"], info["clip_arch"])
 
     def export(self, directory: str | Path) -> None:
         d = Path(directory)
@@ -203,7 +214,12 @@ class TinyBackbone(Backbone):
         torch.save({k: v.cpu() for k, v in self.clip.state_dict().items()}, d / "clip.pt")
         torch.save({"unet_config": dict(self.unet.config),
                     "state_dict": {k: v.cpu() for k, v in self.unet.state_dict().items()}}, d / "unet.pt")
+        arch = json.dumps(self.clip_config, sort_keys=True)
+        registry_name = f"suti-exported-clip-{__import__('hashlib').sha256(arch.encode()).hexdigest()[:12]}"
+        (d / "open_clip").mkdir(exist_ok=True)
+        (d / "open_clip" / f"{registry_name}.json").write_text(arch)
         (d / "backbone.json").write_text(json.dumps({"name": self.name, "clip_config": self.clip_name,
+                                                     "clip_registry_name": registry_name, "clip_arch": self.clip_config,
                                                      "schedule": self.schedule}, indent=2))
 
     def frozen_modules(self):

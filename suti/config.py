@@ -87,6 +87,12 @@ def validate(cfg: DictConfig) -> None:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise ConfigError(f"filter.sweep values must be numbers or null, got {v!r}")
     _num(cfg, "num_workers", 1, 64, True)
+    _num(cfg, "torch_threads", 1, 256, True)
+    _num(cfg, "eval.images_per_prompt", 1, 64, True)
+    _num(cfg, "eval.limit", 1, None, True)
+    for m in cfg.eval.get("methods", []):
+        if m not in ("oracle", "base", "expert", "apprentice", "dreamsuti"):
+            raise ConfigError(f"eval.methods: unknown method {m!r}")
     if cfg.expert.method not in ("full", "lora"):
         raise ConfigError(f"expert.method must be full or lora, got {cfg.expert.method!r}")
     for key in ("expert.scheduler", "apprentice.scheduler", "foundation.eval.scheduler"):
@@ -131,7 +137,12 @@ def setup_env(cfg: DictConfig) -> Path:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "suti")  # our progress lines reach the console and the UI
     # a busy 2-core machine can take longer than the default 20 s to start the ephemeral server
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if cfg.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.torch_threads))
     return wd

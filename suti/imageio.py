@@ -33,7 +33,8 @@ MAX_PIXELS = 100_000_000  # larger images are refused (decompression bombs); 400
 WORK_SIDE = 1024  # huge images are shrunk to this longest side while decoding (then cropped + resized)
 
 __all__ = ["MAX_PIXELS", "WORK_SIDE", "read_image", "decode_image_bytes", "to_rgb", "square", "prepare",
-           "png_bytes", "b64_png", "from_b64", "output_paths", "check_writable", "save_images", "grid_rows"]
+           "png_bytes", "b64_png", "from_b64", "output_paths", "grid_path", "check_writable", "save_images",
+           "save_grid", "grid_rows"]
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -231,6 +232,14 @@ def save_images(images: Sequence[np.ndarray], out: str | os.PathLike) -> list[Pa
     for img, path in zip(images, paths):
         _write(path, png_bytes(img))
     return paths
+
+
+def save_grid(rows, size: int, path: str | os.PathLike) -> Path:
+    """Write :func:`grid_rows` as a PNG at ``path``; returns it."""
+    buf = io.BytesIO()
+    grid_rows(rows, size).save(buf, format="PNG")
+    _write(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -444,6 +445,7 @@ def fit_apprentice(backbone: Backbone, app: ApprenticeUNet, rows: list[dict], im
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    app.train()  # (a loaded UNet comes in eval mode)
     lit = ApprenticeLit(backbone, app, settings)
     dm = GDataModule(rows, images, settings)
     ckpt_path, resumed_from = None, 0
@@ -469,6 +471,8 @@ def fit_apprentice(backbone: Backbone, app: ApprenticeUNet, rows: list[dict], im
     seconds = (time.time() - timer.t0) if timer.t0 else 0.0
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)
+    if timer.first_step is not None:
+        resumed_from = int(timer.first_step)  # the restored step itself (last.json may lag the checkpoint)
     return {"global_zero": trainer.is_global_zero, "steps": int(trainer.global_step), "resumed_from": resumed_from,
             "steps_run": timer.steps, "first_step": timer.first_step,
             "loss": float(loss) if loss is not None else float("nan"),
@@ -704,6 +708,49 @@ class Apprentice:
         where = f" or a trained run in {store.url('apprentice')}" if store is not None else ""
         raise UserError(f"no apprentice model {source!r}: give models:/NAME@ALIAS, runs:/ID/PATH, a model folder{where}")
 
+    @staticmethod
+    def check_source(source: str, cfg: DictConfig | None = None, store=None) -> None:
+        """Fail with one line when ``source`` names no model (before any flow starts)."""
+        from suti.cli import UserError
+
+        source = str(source).strip()
+        if not source:
+            raise UserError("--model is empty")
+        if source.startswith("models:/"):
+            import mlflow
+            from mlflow.exceptions import MlflowException
+
+            if cfg is not None:
+                from suti.tracking import setup_tracking
+
+                setup_tracking(cfg)
+            ref = source[len("models:/"):].strip("/")
+            client = mlflow.MlflowClient()
+            try:
+                if "@" in ref:
+                    name, alias = ref.split("@", 1)
+                    client.get_model_version_by_alias(name, alias)
+                elif "/" in ref:
+                    name, version = ref.rsplit("/", 1)
+                    client.get_model_version(name, version)
+                else:
+                    raise UserError(f"model URI {source} needs a version or alias: models:/NAME@ALIAS or models:/NAME/N")
+            except MlflowException as e:
+                msg = " ".join(str(e).split())[:200]
+                raise UserError(f"no registered model {source} ({msg}); train one with `suti train`") from None
+            return
+        if source.startswith("runs:/"):
+            return
+        p = Path(source).expanduser()
+        if p.is_dir():
+            if not (p / MODEL_FILE).is_file():
+                raise UserError(f"{p} is not an exported apprentice (no {MODEL_FILE})")
+            return
+        if store is not None and "/" not in source.strip("/") and store.exists(f"apprentice/{source}/model/{MODEL_FILE}"):
+            return
+        where = f" or a trained run in {store.url('apprentice')}" if store is not None else ""
+        raise UserError(f"no apprentice model {source!r}: give models:/NAME@ALIAS, runs:/ID/PATH, a model folder{where}")
+
     @classmethod
     def _from_mlflow(cls, uri: str, cfg: DictConfig | None, device) -> "Apprentice":
         import mlflow
@@ -786,67 +833,72 @@ class Apprentice:
 
 # ---------------------------------------------------------------------------- MLflow pyfunc
 
-class ApprenticePyfunc(PythonModel):
-    """MLflow pyfunc: demos + prompt in, base64 PNGs out.
+# MLflow warns about predict() without type hints when the class is defined; the input is
+# checked in predict() instead (a DataFrame, a dict or a list of dicts).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    Input: a pandas DataFrame (one request per row), a dict (one request, or columns of
-    requests) or a list of dicts, with ``prompt`` (str) and ``demos`` (list of base64 image
-    files: PNG, JPEG, ...), optional ``demo_texts`` (list of str), ``num_images``, ``seed``,
-    ``guidance``, ``steps``, ``scheduler``. Output: a DataFrame with one row per request and
-    an ``images`` column (list of base64 PNG strings).
-    """
+    class ApprenticePyfunc(PythonModel):
+        """MLflow pyfunc: demos + prompt in, base64 PNGs out.
 
-    def load_context(self, context):
-        self.apprentice = Apprentice.from_dir(context.artifacts["apprentice"])
+        Input: a pandas DataFrame (one request per row), a dict (one request, or columns of
+        requests) or a list of dicts, with ``prompt`` (str) and ``demos`` (list of base64 image
+        files: PNG, JPEG, ...), optional ``demo_texts`` (list of str), ``num_images``, ``seed``,
+        ``guidance``, ``steps``, ``scheduler``. Output: a DataFrame with one row per request and
+        an ``images`` column (list of base64 PNG strings).
+        """
 
-    @staticmethod
-    def requests(model_input) -> list[dict]:
-        import pandas as pd
+        def load_context(self, context):
+            self.apprentice = Apprentice.from_dir(context.artifacts["apprentice"])
 
-        if isinstance(model_input, pd.DataFrame):
-            reqs = model_input.to_dict(orient="records")
-        elif isinstance(model_input, dict):
-            if isinstance(model_input.get("prompt"), str):
-                reqs = [model_input]
+        @staticmethod
+        def requests(model_input) -> list[dict]:
+            import pandas as pd
+
+            if isinstance(model_input, pd.DataFrame):
+                reqs = model_input.to_dict(orient="records")
+            elif isinstance(model_input, dict):
+                if isinstance(model_input.get("prompt"), str):
+                    reqs = [model_input]
+                else:
+                    reqs = pd.DataFrame({k: list(v) for k, v in model_input.items()}).to_dict(orient="records")
+            elif isinstance(model_input, (list, tuple)):
+                reqs = [dict(r) for r in model_input]
             else:
-                reqs = pd.DataFrame({k: list(v) for k, v in model_input.items()}).to_dict(orient="records")
-        elif isinstance(model_input, (list, tuple)):
-            reqs = [dict(r) for r in model_input]
-        else:
-            raise TypeError(f"unsupported input {type(model_input).__name__}: a DataFrame, dict or list of dicts")
+                raise TypeError(f"unsupported input {type(model_input).__name__}: a DataFrame, dict or list of dicts")
 
-        def norm(v):
-            if isinstance(v, np.ndarray):
-                return v.tolist()
-            return v
+            def norm(v):
+                if isinstance(v, np.ndarray):
+                    return v.tolist()
+                return v
 
-        return [{k: norm(v) for k, v in r.items()} for r in reqs]
+            return [{k: norm(v) for k, v in r.items()} for r in reqs]
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
 
-        from suti.imageio import b64_png, from_b64
+            from suti.imageio import b64_png, from_b64
 
-        out = []
-        for i, r in enumerate(self.requests(model_input)):
-            prompt = r.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"request {i}: 'prompt' must be a non-empty string")
-            demos_b64 = r.get("demos")
-            demos_b64 = [] if demos_b64 is None or (isinstance(demos_b64, float) and math.isnan(demos_b64)) else list(demos_b64)
-            demos = [from_b64(s, f"request {i} demo {j}") for j, s in enumerate(demos_b64)]
-            texts = r.get("demo_texts")
-            texts = None if texts is None or (isinstance(texts, float) and math.isnan(texts)) else list(texts)
+            out = []
+            for i, r in enumerate(self.requests(model_input)):
+                prompt = r.get("prompt")
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise ValueError(f"request {i}: 'prompt' must be a non-empty string")
+                demos_b64 = r.get("demos")
+                demos_b64 = [] if demos_b64 is None or (isinstance(demos_b64, float) and math.isnan(demos_b64)) else list(demos_b64)
+                demos = [from_b64(s, f"request {i} demo {j}") for j, s in enumerate(demos_b64)]
+                texts = r.get("demo_texts")
+                texts = None if texts is None or (isinstance(texts, float) and math.isnan(texts)) else list(texts)
 
-            def opt(name, cast):
-                v = r.get(name, (params or {}).get(name))
-                return None if v is None or (isinstance(v, float) and math.isnan(v)) else cast(v)
+                def opt(name, cast):
+                    v = r.get(name, (params or {}).get(name))
+                    return None if v is None or (isinstance(v, float) and math.isnan(v)) else cast(v)
 
-            imgs = self.apprentice.generate(demos, texts, prompt, num_images=opt("num_images", int),
-                                            guidance=opt("guidance", float), scheduler=opt("scheduler", str),
-                                            steps=opt("steps", int), seed=opt("seed", int) or 0)
-            out.append({"prompt": prompt, "images": [b64_png(im) for im in imgs]})
-        return pd.DataFrame(out, columns=["prompt", "images"])
+                imgs = self.apprentice.generate(demos, texts, prompt, num_images=opt("num_images", int),
+                                                guidance=opt("guidance", float), scheduler=opt("scheduler", str),
+                                                steps=opt("steps", int), seed=opt("seed", int) or 0)
+                out.append({"prompt": prompt, "images": [b64_png(im) for im in imgs]})
+            return pd.DataFrame(out, columns=["prompt", "images"])
 
 
 def pip_requirements() -> list[str]:
@@ -873,20 +925,39 @@ def register_candidate(cfg: DictConfig, store, run_name: str, run_id: str, tags:
 
     name = str(cfg.apprentice.get("model_name", "suti-apprentice"))
     alias = str(cfg.apprentice.get("alias", "candidate"))
-    local = Path(tempfile.mkdtemp(prefix="register-", dir=_local_dir(cfg)))
-    try:
-        _download_prefix(store, f"apprentice/{run_name}/model", local / "model")
-        info = log_pyfunc(local / "model", run_id, name)
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
-    version = str(info.registered_model_version)
+    digest = hashlib.sha256(store.get_bytes(f"apprentice/{run_name}/model/{MODEL_FILE}")).hexdigest()[:16]
+    tags = {**(tags or {}), "run_name": run_name, "model_digest": digest}
     client = mlflow.MlflowClient()
+    version, model_uri = _registered_version(client, name, tags), None
+    if version is None:  # a rerun of a finished run re-points the alias instead of duplicating it
+        local = Path(tempfile.mkdtemp(prefix="register-", dir=_local_dir(cfg)))
+        try:
+            _download_prefix(store, f"apprentice/{run_name}/model", local / "model")
+            info = log_pyfunc(local / "model", run_id, name)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        version, model_uri = str(info.registered_model_version), info.model_uri
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, str(v))
     client.set_registered_model_alias(name, alias, version)
-    for k, v in {"run_name": run_name, **(tags or {})}.items():
-        client.set_model_version_tag(name, version, k, str(v))
     got = client.get_model_version_by_alias(name, alias)  # read it back
-    return {"name": name, "version": got.version, "alias": alias, "uri": f"models:/{name}@{alias}",
-            "model_uri": info.model_uri}
+    return {"name": name, "version": str(got.version), "alias": alias, "uri": f"models:/{name}@{alias}",
+            "model_uri": model_uri or got.source, "reused": model_uri is None}
+
+
+def _registered_version(client, name: str, tags: dict) -> str | None:
+    """The registered version carrying exactly these run tags, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    want = {k: str(tags[k]) for k in ("run_name", "model_digest")}
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        if all(v.tags.get(k) == val for k, val in want.items()):
+            return str(v.version)
+    return None
 
 
 # ---------------------------------------------------------------------------- Dream-SuTI

@@ -145,16 +145,20 @@ def sample_prompts(unet, clip, clip_name: str, prompts: list[str], n_per_prompt:
     return to_uint8(x)
 
 
-def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip) -> ExpertResult:
-    """Train one expert, sample its prompts, write samples + record + done marker (last)."""
+def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip, root: str = "experts",
+               samples_per_prompt: int | None = None) -> ExpertResult:
+    """Train one expert, sample its prompts, write samples + record + done marker (last).
+    `root` is where experts live (`experts/` for the data engine, `eval/experts/` for the
+    evaluation's DreamBooth row)."""
     from diffusers import UNet2DConditionModel
 
-    prefix = f"experts/{spec.cluster_id}"
+    prefix = f"{root}/{spec.cluster_id}"
     if store.is_done(prefix):
         rec = store.get_json(f"{prefix}/record.json")
         return ExpertResult(cluster_id=spec.cluster_id, status="reused", samples=len(rec["samples"]),
                             train_seconds=rec["train_seconds"], sample_seconds=rec["sample_seconds"])
     ecfg, R = cfg.expert, cfg.world.resolution
+    n_per = int(samples_per_prompt or ecfg.samples_per_prompt)
     seed = stable_seed("expert", spec.cluster_id, cfg.seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(base_state["meta"]["unet_config"])
@@ -165,14 +169,14 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip)
     train_s = time.time() - t0
     t1 = time.time()
     prompt_texts = [p["text"] for p in spec.prompts]
-    samples = sample_prompts(unet, clip, cfg.backbone.clip_config, prompt_texts, ecfg.samples_per_prompt,
+    samples = sample_prompts(unet, clip, cfg.backbone.clip_config, prompt_texts, n_per,
                              ecfg.scheduler, ecfg.sample_steps, ecfg.guidance, seed + 1)
     sample_s = time.time() - t1
     records = []
     for j, img in enumerate(samples):
         key = f"{prefix}/samples/{j}.png"
         store.put_bytes(key, png_bytes(img))
-        p = spec.prompts[j // ecfg.samples_per_prompt]
+        p = spec.prompts[j // n_per]
         records.append({"key": key, "prompt": p["text"], "prompt_record": p, "seed": seed + 1, "index": j})
     if ecfg.method == "lora":
         from peft import get_peft_model_state_dict
@@ -195,7 +199,9 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip)
                         train_seconds=round(train_s, 2), sample_seconds=round(sample_s, 2))
 
 
-def finished_experts(store) -> list[dict]:
+def finished_experts(store, root: str = "experts") -> list[dict]:
     """Records of complete experts only (a half-written one has no done marker)."""
-    ids = sorted({k.split("/")[1] for k in store.list("experts") if k.endswith("/_DONE.json")})
-    return [store.get_json(f"experts/{cid}/record.json") for cid in ids]
+    depth = root.count("/") + 1
+    ids = sorted({k.split("/")[depth] for k in store.list(root) if k.endswith("/_DONE.json")
+                  and k.count("/") == depth + 1})
+    return [store.get_json(f"{root}/{cid}/record.json") for cid in ids]

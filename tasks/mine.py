@@ -70,7 +70,7 @@ class MineConfig:
     dup_images: int = 500  # images copied with tiny pixel noise for the near-duplicate level
     dup_noise: int = 6  # +- pixel noise of a near-identical copy (re-encoding, mirroring)
     dup_quantile: float = 0.01  # hi = this quantile of the copy-pair cosines ...
-    dup_margin: float = 0.002  # ... minus this margin ("just below the near-duplicate level")
+    dup_margin: float = 0.02  # ... minus this fraction of its gap to the median random pair (scale-free)
     merger: str = "rule"  # rule | llm  (llm: `llm_complete` names the client)
     prompt_writer: str = "template"  # template | llm
     llm_complete: str | None = None  # "module:function", a complete(prompt: str) -> str; no network in our code
@@ -341,18 +341,21 @@ def calibrate_band(emb: np.ndarray, image_cluster: np.ndarray, cluster_sizes: li
     null distribution of the very statistic we threshold (a mean over pairs), and
     lo = its `null_quantile`. Single random pairs are recorded too.
     hi: near-identical copies (pixel noise +-dup_noise) of random images give the
-    near-duplicate level; hi = their `dup_quantile` cosine minus `dup_margin`.
+    near-duplicate level d (their `dup_quantile` cosine); hi sits just below it:
+    hi = d - dup_margin * (d - median random pair), a margin in the scorer's own scale.
     With `mine.band` set, that band is used and the numbers are still recorded.
     """
     rng = np.random.default_rng(stable_seed("mine-calibration", seed))
     n = len(emb)
     cal: dict = {"images": int(n)}
+    random_median = 0.0
     owners = np.asarray(image_cluster)
     if n >= 4 and len(set(owners.tolist())) >= 3:
         a, b = rng.integers(0, n, mc.null_pairs), rng.integers(0, n, mc.null_pairs)
         ok = owners[a] != owners[b]
         pair = (emb[a[ok]] * emb[b[ok]]).sum(1)
         cal["random_pairs"] = _summary(pair, (0.5, 0.9, 0.95, 0.99))
+        random_median = float(np.median(pair))
         by_owner: dict[int, list[int]] = {}
         for i, o in enumerate(owners.tolist()):
             by_owner.setdefault(o, []).append(i)
@@ -377,7 +380,8 @@ def calibrate_band(emb: np.ndarray, image_cluster: np.ndarray, cluster_sizes: li
         e0, e1 = scorers.image_embed(orig), scorers.image_embed(copies)
         dup = (e0 * e1).sum(1)
         cal["near_duplicate_pairs"] = _summary(dup, (0.001, 0.01, 0.05, 0.5))
-        hi = float(np.quantile(dup, mc.dup_quantile)) - mc.dup_margin
+        level = float(np.quantile(dup, mc.dup_quantile))
+        hi = level - mc.dup_margin * max(level - random_median, 0.0)
     else:
         hi = 1.0
     hi = min(hi, 1.0)
@@ -385,7 +389,8 @@ def calibrate_band(emb: np.ndarray, image_cluster: np.ndarray, cluster_sizes: li
         cal["warning"] = f"calibrated hi {hi:.4f} <= lo {lo:.4f}; band collapsed to [lo, lo + 1e-3]"
         hi = lo + 1e-3
     rule = (f"lo = q{mc.null_quantile:g} of mean cosine of {mc.null_clusters} pseudo-clusters drawn from different "
-            f"pages; hi = q{mc.dup_quantile:g} of cosine(image, copy with +-{mc.dup_noise} px noise) - {mc.dup_margin:g}")
+            f"pages; hi = d - {mc.dup_margin:g} * (d - median random-pair cosine), d = q{mc.dup_quantile:g} of "
+            f"cosine(image, copy with +-{mc.dup_noise} px noise)")
     cal.update(auto_band=[round(lo, 6), round(hi, 6)], null_quantile=mc.null_quantile, dup_quantile=mc.dup_quantile,
                dup_margin=mc.dup_margin, dup_noise=mc.dup_noise)
     if mc.band is not None:

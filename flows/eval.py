@@ -1,0 +1,256 @@
+"""`suti eval`: the paper's Table 1 on the world's held-out subjects (or a real DreamBench
+folder with `eval.dreambench_dir=...`), the K-shot curve and DreamBench-v2 levels; records
+for the rating page; all logged to MLflow and as Prefect artifacts.
+
+Per-subject results are cached under `eval/<eval_id>/subjects/<sid>.json`, so a killed
+evaluation resumes where it stopped."""
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from suti.flows.common import logger, prepare, write_report
+from suti.tasks import evaluate as E
+from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
+
+SCORE_KEYS = ("identity", "clip_i", "clip_t", "subject", "text", "photorealism", "overall")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default=None, help="apprentice to evaluate (default models:/suti-apprentice@candidate)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects")
+    parser.add_argument("--dreambench", default=None, help="a real DreamBench folder instead of the world")
+
+
+def _subject_cases(cfg, store, scorers, limit):
+    from suti.world.scene import subject_from_dict
+
+    idx = store.get_json("world/heldout/index.json")["subjects"]
+    truth = {json.loads(x)["id"]: subject_from_dict(json.loads(x))
+             for x in store.get_bytes("world/truth/heldout.jsonl").decode().splitlines()}
+    R = cfg.world.resolution
+    cases = []
+    for s in idx[:limit] if limit else idx:
+        keys = [f"world/{k}" for k in s["demos"]]
+        demos = np.stack([E.load_png(store.get_bytes(k), R) for k in keys])
+        labels = scorers.labels(demos)
+        described = E.described_subject(labels, s["id"], s["class"])
+        texts = scorers.caption(demos)
+        cases.append(E.SubjectCase(s["id"], s["class"], demos, keys, texts, described, truth[s["id"]], s["live"]))
+    return cases
+
+
+@task(name="eval-subject", task_run_name="eval-{case.sid}", cache_policy=NO_CACHE)
+def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
+    """All methods on one subject: images, scores, records, K-shot and v2 levels."""
+    key = f"eval/{eval_id}/subjects/{case.sid}.json"
+    if store.exists(key):
+        return store.get_json(key)
+    R, n = cfg.world.resolution, int(cfg.eval.images_per_prompt)
+    sc, app = ctx["scorers"], ctx["apprentice"]
+    recs = E.dreambench_records(case.described, case.live)
+    seeds = E.seeds_for(case, len(recs), cfg.seed)
+    rr = [r for r in recs for _ in range(n)]
+    demo_sets = [case.demos] * len(rr)
+    images, secs, nbytes = {}, {}, {}
+    t = time.time()
+    images["oracle"] = E.oracle_images(case, recs, n, seeds, R)
+    secs["oracle"], nbytes["oracle"] = 0.0, 0
+    t = time.time()
+    images["base"] = E.base_images(cfg, ctx["base_unet"], ctx["clip"], recs, n, seeds)
+    secs["base"], nbytes["base"] = time.time() - t, 0
+    if "expert" in ctx["methods"]:
+        images["expert"] = E.expert_images(cfg, store, case, recs, n, f"eval/{eval_id}/experts", ctx["base_state"], ctx["clip"])
+        secs["expert"], nbytes["expert"] = case.seconds["expert"], case.bytes["expert"]
+    if app is not None:
+        t = time.time()
+        images["apprentice"] = E.apprentice_images(app, case, recs, n, seeds, cfg, k=int(cfg.apprentice.demos))
+        secs["apprentice"], nbytes["apprentice"] = time.time() - t, 0  # demos only: nothing stored per subject
+        if "dreamsuti" in ctx["methods"]:
+            from suti.tasks.apprentice import dreamsuti
+
+            t = time.time()
+            tuned_src = E.deepcopy_apprentice(app)
+            rec = dreamsuti(cfg, store, tuned_src, list(case.demos), case.demo_texts, f"{eval_id}-{case.sid}")
+            from suti.tasks.apprentice import Apprentice
+
+            tuned = Apprentice.load(f"dreamsuti-{eval_id}-{case.sid}", cfg, store)
+            images["dreamsuti"] = E.apprentice_images(tuned, case, recs, n, seeds, cfg, k=1)
+            secs["dreamsuti"] = time.time() - t
+            nbytes["dreamsuti"] = int(sum(v.numel() * v.element_size() for v in tuned.model.state_dict().values()))
+            del rec
+    result = {"sid": case.sid, "class": case.word, "prompts": len(recs), "methods": {}}
+    records = []
+    for m, ims in images.items():
+        s = E.score(sc, store, ims, rr, demo_sets)
+        result["methods"][m] = {"scores": {k: v.tolist() for k, v in s.items()}, "seconds": secs[m], "bytes": nbytes[m]}
+        if m != "oracle":
+            for i, im in enumerate(ims):
+                ik = f"eval/{eval_id}/images/{m}/{case.sid}/{i}.png"
+                store.put_bytes(ik, E.png_bytes(im))
+                records.append({"record_id": f"{m}-{case.sid}-{i}", "image_key": ik, "method": m, "subject_id": case.sid,
+                                "prompt": rr[i]["text"], "demo_keys": case.demo_keys,
+                                "auto": {k: int(s[k][i]) for k in ("subject", "text", "photorealism")}})
+    result["records"] = records
+    # K-shot: the apprentice with K = 0..5 demos on the first prompts
+    if app is not None:
+        kp = recs[: int(cfg.eval.get("kshot_prompts", 5))]
+        ks = {}
+        for k in range(0, min(5, len(case.demos)) + 1):
+            ims = E.apprentice_images(app, case, kp, n, seeds[: len(kp)], cfg, k=k)
+            s = E.score(sc, store, ims, [r for r in kp for _ in range(n)], [case.demos] * len(ims))
+            ks[str(k)] = {kk: s[kk].tolist() for kk in SCORE_KEYS}
+        result["kshot"] = ks
+        v2 = E.v2_records(case.described, cfg.seed)
+        v2_seeds = E.seeds_for(case, len(v2), cfg.seed + 7)
+        ims = E.apprentice_images(app, case, v2, n, v2_seeds, cfg, k=int(cfg.apprentice.demos))
+        s = E.score(sc, store, ims, [r for r in v2 for _ in range(n)], [case.demos] * len(ims))
+        result["v2"] = {"levels": [r["level"] for r in v2 for _ in range(n)], "overall": s["overall"].tolist()}
+    grid_rows = [list(case.demos[:3]) + [images[m][j * n] for m in images for j in (0, 20)]]
+    result["grid_row"] = [E.png_bytes(im).hex() for im in grid_rows[0]]
+    store.put_json(key, result)
+    return result
+
+
+def aggregate(results: list[dict]) -> dict:
+    methods = [m for m in E.METHODS if any(m in r["methods"] for r in results)]
+    table = []
+    for m in methods:
+        parts = [{k: np.asarray(v) for k, v in r["methods"][m]["scores"].items()} for r in results if m in r["methods"]]
+        row = {"method": m, **E.mean_scores(parts)}
+        row["seconds_per_subject"] = float(np.mean([r["methods"][m]["seconds"] for r in results if m in r["methods"]]))
+        row["bytes_per_subject"] = float(np.mean([r["methods"][m]["bytes"] for r in results if m in r["methods"]]))
+        table.append(row)
+    kshot = []
+    if all("kshot" in r for r in results) and results:
+        for k in results[0]["kshot"]:
+            parts = [{kk: np.asarray(v) for kk, v in r["kshot"][k].items()} for r in results]
+            kshot.append({"k": int(k), **E.mean_scores(parts)})
+    v2 = []
+    if all("v2" in r for r in results) and results:
+        lv = np.concatenate([r["v2"]["levels"] for r in results])
+        ov = np.concatenate([r["v2"]["overall"] for r in results])
+        v2 = [{"level": int(l), "overall": float(ov[lv == l].mean())} for l in sorted(set(lv.tolist()))]
+    return {"table": table, "kshot": kshot, "v2_levels": v2}
+
+
+def markdown_table(table: list[dict]) -> str:
+    cols = ["method", "identity", "clip_i", "clip_t", "subject", "text", "photorealism", "overall",
+            "seconds_per_subject", "bytes_per_subject"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table:
+        lines.append("| " + " | ".join(r["method"] if c == "method" else
+                                       ("-" if r.get(c) is None else f"{r[c]:.3f}" if c not in ("bytes_per_subject",) else f"{r[c]:,.0f}")
+                                       for c in cols) + " |")
+    return "\n".join(lines)
+
+
+@flow(name="eval", log_prints=True)
+def eval_flow(overrides: list[str] | None = None, force: bool = False, model: str | None = None,
+              limit: int | None = None, dreambench: str | None = None, parent_run_id: str | None = None,
+              register_tags: bool = True) -> dict:
+    import mlflow
+
+    from suti.models.scorers import Scorers, load_state
+    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.foundation import load_base_unet, load_clip
+
+    cfg, store = prepare(overrides)
+    lg = logger()
+    if dreambench:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.eval.dreambench_dir = dreambench
+    limit = limit if limit is not None else cfg.eval.get("limit")
+    model = model or cfg.eval.get("model") or "models:/suti-apprentice@candidate"
+    sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
+    app = Apprentice.load(model, cfg, store)
+    version = _model_version(cfg, model)
+    t0 = time.time()
+    with mlflow_run(cfg, "eval", parent_run_id=parent_run_id, tags={"suti.model": model}) as rid:
+        if cfg.eval.get("dreambench_dir"):
+            res = E.dreambench_eval(cfg, store, sc, app, load_base_unet(cfg, store), load_clip(cfg, store), limit,
+                                    int(cfg.eval.images_per_prompt))
+            log_json(rid, res, "eval_dreambench.json")
+            path = write_report(cfg, "eval_dreambench", res)
+            lg.info(f"DreamBench folder: {res['subjects']} subjects, {res['prompts']} prompts, {res['images']} images "
+                    f"per method; report {path}")
+            return res
+        eval_id = f"world-{version or 'model'}-{cfg.eval.images_per_prompt}x{limit or 'all'}"
+        if force:
+            store.delete(f"eval/{eval_id}")
+        ctx = {"scorers": sc, "apprentice": app, "base_unet": load_base_unet(cfg, store), "clip": load_clip(cfg, store),
+               "base_state": load_state(store, "foundation/base/model.pt"),
+               "methods": list(cfg.eval.get("methods", E.METHODS))}
+        cases = _subject_cases(cfg, store, sc, limit)
+        lg.info(f"evaluating {len(cases)} held-out subjects x 25 prompts x {cfg.eval.images_per_prompt} images, "
+                f"methods {ctx['methods']} (eval id {eval_id})")
+        results = []
+        for i, case in enumerate(cases):
+            results.append(eval_subject(case, cfg, store, ctx, eval_id))
+            lg.info(f"evaluated subject {i + 1}/{len(cases)} ({case.sid}, {case.word})")
+        agg = aggregate(results)
+        records = [x for r in results for x in r["records"]]
+        store.put_bytes(f"eval/{eval_id}/records.jsonl", "\n".join(json.dumps(x) for x in records).encode())
+        grid = _grid([bytes.fromhex(h) for r in results[:8] for h in r["grid_row"]], len(results[0]["grid_row"]))
+        store.put_bytes(f"eval/{eval_id}/grid.png", grid)
+        log_bytes(rid, grid, "examples", "eval_grid.png")
+        md = markdown_table(agg["table"])
+        store.put_bytes(f"eval/{eval_id}/table.md", md.encode())
+        report = {**agg, "eval_id": eval_id, "model": model, "model_version": version, "subjects": len(cases),
+                  "images_per_prompt": int(cfg.eval.images_per_prompt), "prompts_per_subject": 25,
+                  "records": len(records), "mlflow_run_id": rid, "seconds": round(time.time() - t0, 1),
+                  "grid": store.url(f"eval/{eval_id}/grid.png"),
+                  "grid_columns": "3 demos | then per method (oracle, base, expert, apprentice, dreamsuti): prompt 0 (jungle), prompt 20 (red)"}
+        metrics = {f"{r['method']}.{k}": r[k] for r in agg["table"] for k in SCORE_KEYS + ("seconds_per_subject", "bytes_per_subject")
+                   if r.get(k) is not None}
+        metrics.update({f"kshot.{r['k']}.{k}": r[k] for r in agg["kshot"] for k in ("identity", "overall")})
+        metrics.update({f"v2.level{r['level']}.overall": r["overall"] for r in agg["v2_levels"]})
+        log_metrics(rid, metrics)
+        log_json(rid, report, "eval.json")
+        mlflow.MlflowClient().log_text(rid, md, "eval_table.md")
+        store.mark_done(f"eval/{eval_id}", {"run_id": rid, "records": len(records)})
+        if version and register_tags:
+            row = next(r for r in agg["table"] if r["method"] == "apprentice")
+            c = mlflow.MlflowClient()
+            for k in ("overall", "identity", "clip_t"):
+                c.set_model_version_tag("suti-apprentice", version, f"eval.{k}", f"{row[k]:.6f}")
+            c.set_model_version_tag("suti-apprentice", version, "eval.run_id", rid)
+    create_markdown_artifact(key="eval-table", markdown=md, description="Table 1 on the world's held-out subjects")
+    create_table_artifact(key="eval-kshot", table=agg["kshot"], description="K-shot curve")
+    path = write_report(cfg, "eval", report)
+    lg.info("\n" + md + f"\nreport {path}")
+    return report
+
+
+def _model_version(cfg, model: str) -> str | None:
+    if not model.startswith("models:/suti-apprentice"):
+        return None
+    import mlflow
+
+    from suti.tracking import setup_tracking
+
+    setup_tracking(cfg)
+    c = mlflow.MlflowClient()
+    ref = model.split("models:/suti-apprentice", 1)[1]
+    if ref.startswith("@"):
+        return c.get_model_version_by_alias("suti-apprentice", ref[1:]).version
+    return ref.strip("/") or None
+
+
+def _grid(pngs: list[bytes], cols: int) -> bytes:
+    from PIL import Image
+
+    from suti.world.render import grid
+
+    ims = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in pngs]
+    buf = io.BytesIO()
+    grid(ims, cols, scale=3).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,104 @@
+"""`suti train`: train the apprentice on G(lambda) and register it as the candidate.
+
+    suti train profile=smoke                 # lambda = filter.lambda_ (paper: 0.02)
+    suti train --lam none                    # every expert sample (no filter)
+    suti train --lam 0.025 apprentice.steps=3000
+
+Reruns reuse a finished run (same steps and rows) and resume an interrupted one from its
+last checkpoint in the store (`apprentice/<run>/last.ckpt`); `--force` starts over.
+Multi-device runs (`apprentice.devices=4 apprentice.strategy=ddp`) train in a subprocess
+(Lightning relaunches its entry script for DDP). Report: `reports/train.json`.
+"""
+from __future__ import annotations
+
+import time
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from suti.flows.common import logger, prepare, write_report
+from suti.tasks import apprentice as A
+from suti.tracking import log_metrics, mlflow_run
+
+LAM_FROM_CONFIG = "config"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--lam", default=LAM_FROM_CONFIG, metavar="LAMBDA",
+                        help="train on G(lambda): rows with delta > LAMBDA; 'none' = every row "
+                             "(default: filter.lambda_)")
+    parser.add_argument("--run-name", dest="run_name", default=None,
+                        help="name of the training run in the store and MLflow (default: lam-<lambda>)")
+
+
+def parse_lam(value, cfg) -> float | None:
+    """``--lam`` / ``lam=``: a number, None / 'none' (every row) or 'config' (filter.lambda_)."""
+    from suti.cli import UserError
+
+    if value == LAM_FROM_CONFIG:
+        value = cfg.filter.get("lambda_")
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--lam must be a number or 'none', got {value!r}") from None
+
+
+@task(name="load-G", task_run_name="load-G(lambda={lam})", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def load_rows(store, lam: float | None) -> list[dict]:
+    return A.load_G(store, lam)
+
+
+@task(name="train-apprentice", task_run_name="train-apprentice-{run_name}", cache_policy=NO_CACHE)
+def train_task(cfg, store, rows: list[dict], lam: float | None, run_name: str, run_id: str, force: bool) -> dict:
+    if A.needs_subprocess(cfg):
+        return A.train_in_subprocess(cfg, store, lam, run_name, run_id, force)
+    return A.train_apprentice(cfg, store, rows, run_name, run_id, force)
+
+
+@task(name="register-apprentice", task_run_name="register-{run_name}", retries=2, retry_delay_seconds=2,
+      cache_policy=NO_CACHE)
+def register_task(cfg, store, run_name: str, run_id: str, tags: dict) -> dict:
+    return A.register_candidate(cfg, store, run_name, run_id, tags)
+
+
+@flow(name="train", log_prints=True)
+def train_flow(overrides: list[str] | None = None, force: bool = False, lam: float | str | None = None,
+               run_name: str | None = None, parent_run_id: str | None = None) -> dict:
+    """Train on G(lam) (``lam=None``: every row; ``"config"``: ``filter.lambda_``), register
+    ``suti-apprentice`` version with alias ``candidate``, write ``reports/train.json``.
+
+    ``parent_run_id`` nests the MLflow run (a lambda sweep's parent run)."""
+    cfg, store = prepare(overrides)
+    lg = logger()
+    lam = parse_lam(lam, cfg)
+    name = run_name or A.run_name_for(cfg, lam)
+    t0 = time.time()
+    rows = load_rows(store, lam)
+    lg.info(f"G(lambda={lam}): {len(rows)} training examples from {len({r.get('cluster_id') for r in rows})} clusters")
+    tags = {"lambda": str(lam), "run_name": name}
+    with mlflow_run(cfg, f"train:{name}", parent_run_id=parent_run_id, tags={"suti.lambda": str(lam)}) as rid:
+        log_metrics(rid, {"G.rows": len(rows), "G.clusters": len({r.get("cluster_id") for r in rows})})
+        record = train_task(cfg, store, rows, lam, name, rid, force)
+        registered = register_task(cfg, store, name, rid, {**tags, "steps": record["steps"], "rows": len(rows)}) \
+            if cfg.apprentice.get("register", True) else None
+        report = {"run_name": name, "lambda": lam, "rows": len(rows), "mlflow_run_id": rid, "registered": registered,
+                  "profile": cfg.get("profile_name"), "wall_seconds": round(time.time() - t0, 1),
+                  **{k: v for k, v in record.items() if k not in ("rows",)}}
+    path = write_report(cfg, "train", report)
+    ov = report["overhead"]
+    create_markdown_artifact(key="apprentice-train", description="Apprentice training", markdown="\n".join([
+        "| item | value |", "|---|---|",
+        f"| run | {name} (lambda {lam}) |", f"| examples in G | {len(rows)} |",
+        f"| steps (resumed from) | {report['steps']} ({report.get('resumed_from', 0)}) |",
+        f"| final loss | {report['loss']:.4f} |",
+        f"| parameters base / added (ratio) | {ov['base']:,} / {ov['added']:,} ({ov['ratio']:.3f}) |",
+        f"| registered | {registered['uri'] + ' v' + str(registered['version']) if registered else '-'} |",
+        f"| samples | {report['samples']} |"]))
+    lg.info(f"apprentice {name}: {report['steps']} steps, loss {report['loss']:.4f}, +{ov['added']:,} parameters "
+            f"({100 * ov['ratio']:.1f}% of the base UNet)"
+            + (f", registered {registered['uri']} (version {registered['version']})" if registered else "")
+            + f"; report {path}")
+    return report

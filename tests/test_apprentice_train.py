@@ -1,0 +1,315 @@
+"""Apprentice training, registration and inference on the smoke world.
+
+G(lambda) rows are built from the smoke world's real pages (a page with >= 4 images: its
+first image is the target y_s with its alt-text as the prompt, the others are the demos)
+and written to `filter/deltas.jsonl` of a temporary store holding a copy of the smoke
+world and foundation; `suti train`'s flow trains on it and registers the candidate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import smoke_overrides
+from suti.store import open_store
+
+torch.set_num_threads(2)
+
+TRAIN_OVERRIDES = ("apprentice.steps=4", "apprentice.checkpoint_every=2", "apprentice.log_every=1",
+                   "apprentice.sample_steps=2", "apprentice.grid_rows=2", "apprentice.num_images=2")
+
+
+# ---------------------------------------------------------------------------- G rows from the world's pages
+
+
+def rows_from_pages(store, min_images: int = 4) -> list[dict]:
+    """Filter-format rows from the world's pages (stand-ins for expert samples)."""
+    pages = [json.loads(x) for x in store.get_bytes("world/pages.jsonl").decode().splitlines() if x.strip()]
+    rows = []
+    for i, page in enumerate(p for p in pages if len(p["images"]) >= min_images):
+        target, *demos = page["images"]
+        rows.append({"sample_key": f"world/{target['key']}", "cluster_id": page["page"], "prompt": target["alt"],
+                     "delta": round(0.01 * (i % 5), 3),  # 0, 0.01, ..., 0.04: lambda sweeps select subsets
+                     "demo_keys": [f"world/{d['key']}" for d in demos], "demo_texts": [d["alt"] for d in demos],
+                     "description": target["alt"]})
+    return rows
+
+
+def read_rgb(store, key: str) -> np.ndarray:
+    return np.asarray(Image.open(store.local_path(key)).convert("RGB"))
+
+
+def write_G(store, rows: list[dict]) -> None:
+    store.put_bytes("filter/deltas.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    store.mark_done("filter", {"rows": len(rows)})
+
+
+def copy_world(smoke_store, dest_root: Path) -> None:
+    """The smoke world + foundation (not other stages' outputs) into a fresh store folder."""
+    for part in ("world", "foundation"):
+        shutil.copytree(smoke_store.root / part, dest_root / part)
+
+
+_TRAINED: dict = {}
+
+
+def trained_world(smoke, tmp_path_factory) -> dict:
+    """Train + register the apprentice once per session (shared with test_generate_cli.py)."""
+    if "world" in _TRAINED:
+        return _TRAINED["world"]
+    _, _, smoke_store = smoke
+    wd = tmp_path_factory.mktemp("apprentice")
+    copy_world(smoke_store, wd / "store")
+    ov = smoke_overrides(wd, f"tracking.artifact_location=file://{wd}/mlartifacts", *TRAIN_OVERRIDES)
+    from suti.flows.common import prepare
+    from suti.flows.train import train_flow
+
+    cfg, store = prepare(ov)
+    rows = rows_from_pages(store)
+    write_G(store, rows)
+    report = train_flow(overrides=ov, lam=None)
+    _TRAINED["world"] = {"overrides": ov, "cfg": cfg, "store": store, "rows": rows, "report": report, "workdir": wd}
+    return _TRAINED["world"]
+
+
+@pytest.fixture(scope="session")
+def trained(smoke, tmp_path_factory):
+    return trained_world(smoke, tmp_path_factory)
+
+
+# ---------------------------------------------------------------------------- G(lambda) and batches (no fixture)
+
+
+def test_load_G_keeps_rows_above_lambda(tmp_path):
+    from suti.store import StoreError
+    from suti.tasks.apprentice import load_G
+
+    store = open_store(str(tmp_path / "store"))
+    with pytest.raises(StoreError, match="filter/deltas.jsonl"):
+        load_G(store, None)
+    rows = [{"sample_key": f"y{i}", "prompt": "p", "delta": d, "demo_keys": ["a", "b"], "demo_texts": ["", ""]}
+            for i, d in enumerate([-0.1, 0.0, 0.02, 0.021, 0.5])]
+    write_G(store, rows)
+    assert [r["sample_key"] for r in load_G(store, None)] == ["y0", "y1", "y2", "y3", "y4"]
+    assert [r["sample_key"] for r in load_G(store, 0.02)] == ["y3", "y4"]  # strictly greater
+    assert [r["sample_key"] for r in load_G(store, -1)] == ["y0", "y1", "y2", "y3", "y4"]
+
+
+def test_batches_are_deterministic_per_step_with_cfg_dropout(tmp_path):
+    from suti.tasks.apprentice import GBatches, ImageSource, TrainSettings
+
+    rng = np.random.default_rng(0)
+    imgs = {f"k{i}": rng.integers(0, 255, (20, 28, 3), dtype=np.uint8) for i in range(6)}
+    rows = [{"sample_key": "k0", "prompt": "a red mug", "demo_keys": ["k1", "k2", "k3", "k4"],
+             "demo_texts": ["t1", "t2", "t3", "t4"]},
+            {"sample_key": "k5", "prompt": "a blue bowl", "demo_keys": ["k1"], "demo_texts": ["only"]}]
+    src = ImageSource(None, 16, imgs)
+    s = TrainSettings(batch_size=8, demos=3, text_drop=0.0, demo_drop=0.0, demo_text_drop=0.0, seed=3)
+    ds = GBatches(rows, src, s)
+    a, b, c = ds.batch(5), ds.batch(5), ds.batch(6)
+    assert torch.equal(a["target"], b["target"]) and a["prompts"] == b["prompts"] and torch.equal(a["mask"], b["mask"])
+    assert a["target"].shape == (8, 16, 16, 3) and a["demos"].shape == (8, 3, 16, 16, 3)
+    assert not (torch.equal(a["target"], c["target"]) and torch.equal(a["demos"], c["demos"]))
+    for i, p in enumerate(a["prompts"]):  # a 1-image cluster fills one slot, the rest are masked out
+        assert a["mask"][i].tolist() == ([True] * 3 if p == "a red mug" else [True, False, False])
+        assert all(t for t, m in zip(a["demo_texts"][i], a["mask"][i]) if m)
+    # Resumed streams start at the restored step and see the same batches.
+    resumed = next(iter(GBatches(rows, src, s, start_step=5)))
+    assert torch.equal(resumed["demos"], a["demos"])
+    dropped = GBatches(rows, src, TrainSettings(batch_size=8, demos=3, text_drop=1.0, demo_drop=1.0, demo_text_drop=1.0))
+    d = dropped.batch(0)
+    assert set(d["prompts"]) == {""} and not d["mask"].any() and {t for r in d["demo_texts"] for t in r} == {""}
+
+
+# ---------------------------------------------------------------------------- the smoke training run
+
+
+def test_training_run_saved_checkpoint_model_and_metrics(trained):
+    import mlflow
+
+    store, report = trained["store"], trained["report"]
+    assert report["steps"] == 4 and report["rows"] == len(trained["rows"]) > 0 and report["run_name"] == "lam-none"
+    ov = report["overhead"]
+    assert ov["added"] > 0 and ov["base"] > ov["added"] and ov["ratio"] == pytest.approx(ov["added"] / ov["base"])
+    saved = json.loads((trained["workdir"] / "reports" / "train.json").read_text())
+    assert saved["registered"]["uri"] == "models:/suti-apprentice@candidate" and saved["overhead"] == ov
+
+    prefix = "apprentice/lam-none"
+    assert store.is_done(prefix) and store.get_json(f"{prefix}/last.json")["step"] == 4
+    ckpt = torch.load(store.local_path(f"{prefix}/last.ckpt"), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    keys = list(ckpt["state_dict"])
+    assert keys and all(k.startswith("app.demo_layers.") for k in keys)  # the frozen base stays out
+    gates = [v for k, v in ckpt["state_dict"].items() if k.endswith(".gate")]
+    assert len(gates) == len(report["gates"]) and all(float(g.abs()) > 0 for g in gates)  # moved from 0
+    files = {k.split("/model/", 1)[1] for k in store.list(f"{prefix}/model")}
+    assert {"apprentice.pt", "backbone/backbone.json", "backbone/clip.pt", "backbone/unet.pt"} <= files
+    grid = Image.open(store.local_path(f"{prefix}/samples.png"))
+    assert grid.size[0] > grid.size[1] > 0
+
+    from suti.tracking import setup_tracking
+
+    setup_tracking(trained["cfg"])
+    client = mlflow.MlflowClient()
+    run = client.get_run(report["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["apprentice.demos"] == "3"
+    losses = client.get_metric_history(run.info.run_id, "apprentice.loss")
+    assert [m.step for m in losses] == [1, 2, 3, 4] and all(np.isfinite(m.value) for m in losses)
+    assert client.get_metric_history(run.info.run_id, "apprentice.steps_per_sec")
+    assert run.data.metrics["apprentice.params_ratio"] == pytest.approx(ov["ratio"])
+    assert "apprentice_samples.png" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "examples")}
+
+
+def test_registered_candidate_loads_and_generates(trained):
+    import mlflow
+
+    from suti.imageio import b64_png, from_b64
+    from suti.tracking import setup_tracking
+
+    setup_tracking(trained["cfg"])
+    version = mlflow.MlflowClient().get_model_version_by_alias("suti-apprentice", "candidate")
+    assert version.tags["run_name"] == "lam-none"
+    model = mlflow.pyfunc.load_model("models:/suti-apprentice@candidate")
+    store, row = trained["store"], trained["rows"][0]
+    demos = [b64_png(read_rgb(store, k)) for k in row["demo_keys"][:3]]
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame([{"prompt": row["prompt"], "demos": demos, "num_images": 2, "seed": 1, "steps": 2},
+                                      {"prompt": "a photo", "demos": [], "num_images": 1, "steps": 2}]))
+    assert list(out.columns) == ["prompt", "images"] and [len(x) for x in out["images"]] == [2, 1]
+    for s in out["images"][0] + out["images"][1]:
+        img = from_b64(s)
+        assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    one = model.predict({"prompt": row["prompt"], "demos": demos, "num_images": 2, "seed": 1, "steps": 2})
+    assert one["images"][0] == out["images"][0]  # same request, same seed: same images
+    with pytest.raises(ValueError, match="prompt"):
+        model.predict({"prompt": "  ", "demos": demos})
+
+
+def test_zero_demos_is_the_base_model(trained):
+    from omegaconf import OmegaConf
+
+    from suti.models.apprentice import ApprenticeUNet
+    from suti.models.backbone import TinyBackbone
+    from suti.tasks.apprentice import Apprentice, apprentice_config
+    from suti.tasks.foundation import generate_base
+
+    cfg, store, row = trained["cfg"], trained["store"], trained["rows"][0]
+    app = Apprentice.load("lam-none", cfg, store, device="cpu")
+    assert any(float(g.abs()) > 0 for g in app.model.gate_parameters())
+    base_bb = TinyBackbone.from_store(cfg, store)
+    base = Apprentice(base_bb, ApprenticeUNet(base_bb.unet, apprentice_config(cfg)), app.defaults).to("cpu")
+    kw = dict(num_images=2, seed=5, steps=3, guidance=5.0)
+    got = app.generate([], None, "a teddy bear on the beach", **kw)
+    ref = base.generate([], None, "a teddy bear on the beach", **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(got, ref))
+    # The foundation's own sampler (CFG as two UNet calls, not one batch): same up to float noise.
+    fb = generate_base(base_bb.unet, base_bb.clip, base_bb.clip_name, ["a teddy bear on the beach"] * 2,
+                       OmegaConf.create({"scheduler": "dpm", "sample_steps": 3, "guidance": 5.0}), seed=5)
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(got, fb)) <= 6
+    # Demos do act once the gates are open (the equality above is not vacuous).
+    demos = [read_rgb(store, k) for k in row["demo_keys"][:3]]
+    app.model.set_gates(0.5)
+    opened = app.generate(demos, row["demo_texts"][:3], "a teddy bear on the beach", **kw)
+    assert not all(np.array_equal(a, b) for a, b in zip(opened, got))
+
+
+def test_demo_memory_is_computed_once_per_request(trained, monkeypatch):
+    from suti.tasks.apprentice import Apprentice
+
+    app = Apprentice.load("lam-none", trained["cfg"], trained["store"], device="cpu")
+    calls = []
+    real = app.model.encode_demos
+    monkeypatch.setattr(app.model, "encode_demos", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    demos = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(5)]  # any size, 5 demos
+    out = app.generate(demos, None, "a mug in the snow", num_images=3, steps=3, seed=0)
+    assert len(calls) == 1 and len(out) == 3 and out[0].shape == (32, 32, 3)
+    for kind in ("ddim", "ddpm"):
+        assert app.generate(demos[:1], ["a mug"], "a mug", num_images=1, steps=2, scheduler=kind)[0].shape == (32, 32, 3)
+
+
+def test_rerun_reuses_the_finished_run(trained):
+    from suti.tasks.apprentice import load_G, train_apprentice
+
+    t0 = time.time()
+    rec = train_apprentice(trained["cfg"], trained["store"], load_G(trained["store"], None), "lam-none")
+    assert rec["reused"] and rec["steps"] == 4 and time.time() - t0 < 5
+
+
+def test_dreamsuti_finetunes_on_one_subject(trained):
+    from suti.tasks.apprentice import Apprentice, dreamsuti
+    from omegaconf import OmegaConf
+
+    cfg, store = trained["cfg"], trained["store"]
+    cfg = OmegaConf.merge(cfg, {"apprentice": {"dreamsuti_steps": 2, "dreamsuti_batch_size": 2, "grid_rows": 1}})
+    index = store.get_json("world/heldout/index.json")["subjects"][0]
+    images = [read_rgb(store, f"world/{k}") for k in index["demos"]]
+    app = Apprentice.load("lam-none", cfg, store, device="cpu")
+    before = {k: v.clone() for k, v in app.model.unet.state_dict().items()}
+    rec = dreamsuti(cfg, store, app, images, [f"a {index['class']}"] * len(images), "h000")
+    assert rec["run_name"] == "dreamsuti-h000" and rec["steps"] == 2 and store.is_done("apprentice/dreamsuti-h000")
+    tuned = Apprentice.load("dreamsuti-h000", cfg, store, device="cpu")
+    assert tuned.defaults["demos"] == 1 and tuned.meta["dreamsuti"] == "h000"
+    changed = [k for k, v in tuned.model.unet.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # Dream-SuTI fine-tunes the whole apprentice (dreamsuti_train_base)
+    out = tuned.generate(images[:1], None, f"a {index['class']} in the snow", num_images=1, steps=2)
+    assert out[0].shape == (32, 32, 3)
+    from suti.cli import UserError
+
+    with pytest.raises(UserError, match="at least 2 images"):
+        dreamsuti(cfg, store, app, images[:1], ["x"], "one")
+
+
+# ---------------------------------------------------------------------------- kill and resume
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_checkpoint(trained, tmp_path):
+    """SIGKILL a training subprocess mid-way; the rerun continues from the checkpoint's step."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(trained["cfg"], {"apprentice": {"steps": 14, "checkpoint_every": 2, "log_every": 2,
+                                                          "grid_rows": 1}})
+    conf = tmp_path / "config.yaml"
+    conf.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    store = trained["store"]
+    cmd = [sys.executable, "-m", "suti.tasks.apprentice", "--config", str(conf), "--run-name", "killed", "--lam", "0.02"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if store.exists("apprentice/killed/last.json") and store.get_json("apprentice/killed/last.json")["step"] >= 4:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint within 300 s")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    # The checkpoint itself says where training stopped (last.json is written just after it).
+    step = torch.load(store.local_path("apprentice/killed/last.ckpt"), map_location="cpu", weights_only=False)["global_step"]
+    assert 4 <= step < 14 and not store.is_done("apprentice/killed")
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"steps": 14, "resumed_from": step, "steps_run": 14 - step}
+    ckpt = torch.load(store.local_path("apprentice/killed/last.ckpt"), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 14 and store.get_json("apprentice/killed/_DONE.json")["resumed_from"] == step
