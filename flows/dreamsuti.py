@@ -18,7 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
 from suti.cli import UserError
+from suti.flows.common import logger, prepare, write_report
+from suti.tracking import log_params, mlflow_run
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_SUBJECT_TEXT = "a photo of the subject"
@@ -78,68 +83,56 @@ def subject_name(name: str | None, subject_dir: str | None, files: list[Path]) -
     return clean[:64]
 
 
-_FLOW = None
+@task(name="load-apprentice", task_run_name="load-{model}", cache_policy=NO_CACHE)
+def load_apprentice(cfg, store, model: str):
+    from suti.tasks.apprentice import Apprentice
+
+    return Apprentice.load(model, cfg, store)
 
 
-def _flow():
-    global _FLOW
-    if _FLOW is not None:
-        return _FLOW
-    from prefect import flow, task
-    from prefect.cache_policies import NO_CACHE
+@task(name="dreamsuti-finetune", task_run_name="dreamsuti-{name}", cache_policy=NO_CACHE)
+def finetune(cfg, store, apprentice, images, texts, name: str, run_id: str, force: bool) -> dict:
+    from suti.tasks.apprentice import dreamsuti
 
-    from suti.flows.common import logger, prepare, write_report
-    from suti.tracking import log_params, mlflow_run
+    return dreamsuti(cfg, store, apprentice, images, texts, name, run_id, force)
 
-    @task(name="load-apprentice", task_run_name="load-{model}", cache_policy=NO_CACHE)
-    def load_apprentice(cfg, store, model: str):
-        from suti.tasks.apprentice import Apprentice
 
-        return Apprentice.load(model, cfg, store)
+@task(name="log-dreamsuti-model", task_run_name="log-model-{run_name}", cache_policy=NO_CACHE, retries=2)
+def log_model(cfg, store, run_name: str, run_id: str) -> str:
+    from suti.tasks.apprentice import _download_prefix, _local_dir, log_pyfunc
 
-    @task(name="dreamsuti-finetune", task_run_name="dreamsuti-{name}", cache_policy=NO_CACHE)
-    def finetune(cfg, store, apprentice, images, texts, name: str, run_id: str, force: bool) -> dict:
-        from suti.tasks.apprentice import dreamsuti
+    local = Path(tempfile.mkdtemp(prefix="dreamsuti-", dir=_local_dir(cfg)))
+    try:
+        _download_prefix(store, f"apprentice/{run_name}/model", local / "model")
+        return log_pyfunc(local / "model", run_id).model_uri
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
-        return dreamsuti(cfg, store, apprentice, images, texts, name, run_id, force)
 
-    @task(name="log-dreamsuti-model", task_run_name="log-model-{run_name}", cache_policy=NO_CACHE, retries=2)
-    def log_model(cfg, store, run_name: str, run_id: str) -> str:
-        from suti.tasks.apprentice import _download_prefix, _local_dir, log_pyfunc
+@flow(name="dreamsuti", log_prints=True)
+def dreamsuti_run(overrides: list[str], files: list[str], texts: list[str], name: str, model: str | None = None,
+                  force: bool = False) -> dict:
+    """The Prefect flow (deployable on a GPU pool): fine-tune, store, log the model."""
+    from suti.imageio import read_image
 
-        local = Path(tempfile.mkdtemp(prefix="dreamsuti-", dir=_local_dir(cfg)))
-        try:
-            _download_prefix(store, f"apprentice/{run_name}/model", local / "model")
-            return log_pyfunc(local / "model", run_id).model_uri
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-
-    @flow(name="dreamsuti", log_prints=True)
-    def run(overrides: list[str], files: list[str], texts: list[str], name: str, model: str | None,
-            force: bool) -> dict:
-        from suti.imageio import read_image
-
-        cfg, store = prepare(overrides)
-        lg = logger()
-        t0 = time.time()
-        images = [read_image(f) for f in files]
-        model = model or str(cfg.apprentice.model)
-        with mlflow_run(cfg, f"dreamsuti:{name}") as rid:
-            log_params(rid, {"dreamsuti.subject": name, "dreamsuti.images": len(images), "dreamsuti.base_model": model})
-            apprentice = load_apprentice(cfg, store, model)
-            record = finetune(cfg, store, apprentice, images, texts, name, rid, force)
-            run_name = record["run_name"]
-            model_uri = log_model(cfg, store, run_name, rid)
-        report = {**record, "subject": name, "images": len(images), "base_model": model, "mlflow_run_id": rid,
-                  "model_uri": f"runs:/{rid}/apprentice", "logged_model": model_uri, "store_run": run_name,
-                  "wall_seconds": round(time.time() - t0, 1)}
-        path = write_report(cfg, "dreamsuti", report)
-        lg.info(f"Dream-SuTI {name}: {record['steps']} steps on {len(images)} images, loss {record['loss']:.4f}; "
-                f"generate with --model {run_name}; report {path}")
-        return report
-
-    _FLOW = run
-    return _FLOW
+    cfg, store = prepare(overrides)
+    lg = logger()
+    t0 = time.time()
+    images = [read_image(f) for f in files]
+    model = model or str(cfg.apprentice.model)
+    with mlflow_run(cfg, f"dreamsuti:{name}") as rid:
+        log_params(rid, {"dreamsuti.subject": name, "dreamsuti.images": len(images), "dreamsuti.base_model": model})
+        apprentice = load_apprentice(cfg, store, model)
+        record = finetune(cfg, store, apprentice, images, texts, name, rid, force)
+        run_name = record["run_name"]
+        model_uri = log_model(cfg, store, run_name, rid)
+    report = {**record, "subject": name, "images": len(images), "base_model": model, "mlflow_run_id": rid,
+              "model_uri": f"runs:/{rid}/apprentice", "logged_model": model_uri, "store_run": run_name,
+              "wall_seconds": round(time.time() - t0, 1)}
+    path = write_report(cfg, "dreamsuti", report)
+    lg.info(f"Dream-SuTI {name}: {record['steps']} steps on {len(images)} images, loss {record['loss']:.4f}; "
+            f"generate with --model {run_name}; report {path}")
+    return report
 
 
 def dreamsuti_flow(overrides: list[str] | None = None, force: bool = False, subject_dir: str | None = None,
@@ -158,4 +151,4 @@ def dreamsuti_flow(overrides: list[str] | None = None, force: bool = False, subj
     from suti.tasks.apprentice import Apprentice
 
     Apprentice.check_source(model or str(cfg.apprentice.model), cfg, store)
-    return _flow()(list(overrides or []), [str(f) for f in files], texts, subject, model, force)
+    return dreamsuti_run(list(overrides or []), [str(f) for f in files], texts, subject, model, force)

@@ -8,7 +8,7 @@ import os
 import time
 
 from omegaconf import DictConfig, OmegaConf
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -64,7 +64,7 @@ def run_specs(specs: list[ExpertSpec], cfg: DictConfig, store) -> list[ExpertRes
 
     @flow(name="experts-map", task_runner=task_runner(cfg))
     def _map():
-        futures = train_expert.map(specs, cfg_dict=cfg_dict, store_uri=uri, endpoint=endpoint)
+        futures = train_expert.map(specs, cfg_dict=unmapped(cfg_dict), store_uri=uri, endpoint=endpoint)  # a dict would be mapped over
         out = []
         for spec, fut in zip(specs, futures):
             try:

@@ -10,7 +10,6 @@ seconds.<step>.
 """
 from __future__ import annotations
 
-import json
 import time
 
 from prefect import flow, task, unmapped
@@ -40,7 +39,7 @@ def score_task(cfg, store, candidates: list[M.Candidate], n_candidates: int) -> 
     mc = M.MineConfig.from_cfg(cfg)
     scorers = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
     scored, emb, records = M.score_candidates(store, scorers, candidates, int(cfg.world.resolution), lg.warning,
-                                              mc.batch_size)
+                                              mc.batch_size, mc.threads)
     store.put_array(f"{M.PREFIX}/work/embeddings.npy", emb)
     store.put_bytes(f"{M.PREFIX}/work/images.jsonl", "".join(r.model_dump_json() + "\n" for r in records).encode())
     lg.info(f"embedded and captioned {len(records)} images of {n_candidates} candidate clusters "

@@ -24,8 +24,20 @@ from suti.tracking import log_metrics, mlflow_run
 LAM_FROM_CONFIG = "config"
 
 
+def _lam_arg(value: str):
+    """argparse type of --lam: checked before the flow starts."""
+    import argparse
+
+    if value.strip().lower() in ("none", "null", LAM_FROM_CONFIG):
+        return value.strip().lower()
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'none', got {value!r}") from None
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--lam", default=LAM_FROM_CONFIG, metavar="LAMBDA",
+    parser.add_argument("--lam", default=LAM_FROM_CONFIG, metavar="LAMBDA", type=_lam_arg,
                         help="train on G(lambda): rows with delta > LAMBDA; 'none' = every row "
                              "(default: filter.lambda_)")
     parser.add_argument("--run-name", dest="run_name", default=None,

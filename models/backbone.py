@@ -15,6 +15,8 @@ A backbone can :meth:`~Backbone.export` itself into a folder and be rebuilt from
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -215,7 +217,7 @@ class TinyBackbone(Backbone):
         torch.save({"unet_config": dict(self.unet.config),
                     "state_dict": {k: v.cpu() for k, v in self.unet.state_dict().items()}}, d / "unet.pt")
         arch = json.dumps(self.clip_config, sort_keys=True)
-        registry_name = f"suti-exported-clip-{__import__('hashlib').sha256(arch.encode()).hexdigest()[:12]}"
+        registry_name = f"suti-exported-clip-{hashlib.sha256(arch.encode()).hexdigest()[:12]}"
         (d / "open_clip").mkdir(exist_ok=True)
         (d / "open_clip" / f"{registry_name}.json").write_text(arch)
         (d / "backbone.json").write_text(json.dumps({"name": self.name, "clip_config": self.clip_name,
@@ -409,7 +411,7 @@ def sample_cfg(eps_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor
     scheduler.set_timesteps(min(int(steps), scheduler.config.num_train_timesteps), device=device)
     x = x * scheduler.init_noise_sigma
     guided = bool(guidance) and guidance != 1.0
-    takes_gen = "generator" in __import__("inspect").signature(scheduler.step).parameters
+    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
     for t in scheduler.timesteps:
         xin = scheduler.scale_model_input(x, t)
         tt = torch.full((shape[0],), int(t), dtype=torch.long, device=device)

@@ -38,7 +38,7 @@ def make_scheduler(kind: str, num_train_timesteps: int = 1000, beta_schedule: st
         return DDIMScheduler(**kw, clip_sample=not thresholding, set_alpha_to_one=False)
     if kind == "dpm":
         return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
-                                           thresholding=False, lower_order_final=True)
+                                           lower_order_final=True)
     raise ValueError(f"unknown scheduler {kind!r}")
 
 

@@ -35,7 +35,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -168,22 +167,37 @@ def sampling_defaults(cfg: DictConfig) -> dict:
 
 
 class ImageSource:
-    """Images by store key, decoded once, center-cropped and resized to the backbone's
-    resolution; ``preloaded`` arrays (Dream-SuTI's user images) bypass the store."""
+    """Images by store key, decoded, center-cropped and resized to the backbone's resolution,
+    kept in an LRU cache of at most ``cache_bytes``; ``preloaded`` arrays (Dream-SuTI's
+    user images) bypass the store and stay."""
 
-    def __init__(self, store, resolution: int, preloaded: dict[str, np.ndarray] | None = None):
+    def __init__(self, store, resolution: int, preloaded: dict[str, np.ndarray] | None = None,
+                 cache_bytes: int = 2 << 30):
+        from collections import OrderedDict
+
         from suti.imageio import prepare
 
-        self.store, self.resolution = store, resolution
-        self._cache = {k: prepare(v, resolution) for k, v in (preloaded or {}).items()}
+        self.store, self.resolution, self.cache_bytes = store, resolution, int(cache_bytes)
+        self._pinned = {k: prepare(v, resolution) for k, v in (preloaded or {}).items()}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
 
     def get(self, key: str) -> np.ndarray:
+        img = self._pinned.get(key)
+        if img is not None:
+            return img
         img = self._cache.get(key)
-        if img is None:
-            from suti.imageio import decode_image_bytes, prepare
+        if img is not None:
+            self._cache.move_to_end(key)
+            return img
+        from suti.imageio import decode_image_bytes, prepare
 
-            img = prepare(decode_image_bytes(self.store.get_bytes(key), self.store.url(key)), self.resolution)
-            self._cache[key] = img
+        img = prepare(decode_image_bytes(self.store.get_bytes(key), self.store.url(key)), self.resolution)
+        self._cache[key] = img
+        self._bytes += img.nbytes
+        while self._bytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._bytes -= old.nbytes
         return img
 
 
@@ -237,11 +251,13 @@ class GDataModule(L.LightningDataModule):
     def __init__(self, rows: list[dict], images: ImageSource, settings: TrainSettings):
         super().__init__()
         self.rows, self.images, self.settings = rows, images, settings
+        self.start_step: int | None = None  # where the stream began (the restored step on resume)
 
     def train_dataloader(self):
         t = self.trainer
         start = t.global_step if t is not None else 0
         rank = t.global_rank if t is not None else 0
+        self.start_step = int(start)
         ds = GBatches(self.rows, self.images, self.settings, start_step=start, rank=rank)
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)
 
@@ -474,9 +490,17 @@ def fit_apprentice(backbone: Backbone, app: ApprenticeUNet, rows: list[dict], im
     if timer.first_step is not None:
         resumed_from = int(timer.first_step)  # the restored step itself (last.json may lag the checkpoint)
     return {"global_zero": trainer.is_global_zero, "steps": int(trainer.global_step), "resumed_from": resumed_from,
-            "steps_run": timer.steps, "first_step": timer.first_step,
+            "steps_run": timer.steps, "first_step": timer.first_step, "data_start_step": dm.start_step,
             "loss": float(loss) if loss is not None else float("nan"),
             "train_seconds": round(seconds, 2), "steps_per_sec": round(timer.steps / seconds, 3) if seconds else None}
+
+
+def _launched_rank() -> int:
+    """Global rank of a process Lightning launched for DDP (0 in the launching process)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        if int(os.environ.get(var, "0") or 0) > 0:
+            return 1
+    return 0
 
 
 def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, run_id: str | None = None,
@@ -494,19 +518,22 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
         from suti.cli import UserError
 
         raise UserError("G(lambda) is empty: no expert sample passed the filter (lower lambda or run more experts)")
-    if force:
+    if _launched_rank() > 0:  # a DDP worker relaunched by Lightning: rank 0 owns the store's run state
+        force = False
+    elif force:
         store.delete(prefix)
     meta = store.done_meta(prefix)
     if meta is not None and meta.get("steps") == settings.steps and meta.get("rows_digest") == digest:
         log.info(f"{prefix}: finished earlier ({meta['steps']} steps), reusing it")
         return {**meta, "reused": True}
-    if store.exists(f"{prefix}/last.json"):
-        last = store.get_json(f"{prefix}/last.json")
-        if last.get("rows_digest") not in (None, digest):
-            log.warning(f"{prefix}: the checkpoint was trained on other rows; starting over")
-            store.delete(prefix)
-    if store.exists(f"{prefix}/_DONE.json"):
-        store.delete(f"{prefix}/_DONE.json")  # the run changes: not finished until marked again
+    if _launched_rank() == 0:
+        if store.exists(f"{prefix}/last.json"):
+            last = store.get_json(f"{prefix}/last.json")
+            if last.get("rows_digest") not in (None, digest):
+                log.warning(f"{prefix}: the checkpoint was trained on other rows; starting over")
+                store.delete(prefix)
+        if store.exists(f"{prefix}/_DONE.json"):
+            store.delete(f"{prefix}/_DONE.json")  # the run changes: not finished until marked again
 
     t0 = time.time()
     backbone = load_backbone(cfg, store)
@@ -543,6 +570,7 @@ def _finish_run(cfg, store, apprentice: "Apprentice", rows, images: ImageSource,
     grid_png = sample_grid(apprentice, rows, images, int(cfg.apprentice.get("grid_rows", 4)), seed=int(cfg.seed))
     store.put_bytes(f"{prefix}/samples.png", grid_png)
     record = {**extra, "steps": fit["steps"], "resumed_from": fit["resumed_from"], "steps_run": fit["steps_run"],
+              "data_start_step": fit["data_start_step"],
               "loss": fit["loss"], "train_seconds": fit["train_seconds"], "steps_per_sec": fit["steps_per_sec"],
               "overhead": overhead, "gates": gates, "model": store.url(f"{prefix}/model"),
               "samples": store.url(f"{prefix}/samples.png"), "backbone": apprentice.backbone.name}
@@ -701,10 +729,14 @@ class Apprentice:
         if store is not None and "/" not in source.strip("/") and store.exists(f"apprentice/{source}/model/{MODEL_FILE}"):
             if cfg is None:
                 raise ValueError("loading a store run needs the config (for the local cache folder)")
-            dest = _local_dir(cfg, "models", source)
-            shutil.rmtree(dest, ignore_errors=True)
-            _download_prefix(store, f"apprentice/{source}/model", dest)
-            return cls.from_dir(dest, device)
+            # A private copy per load (concurrent loads never share files); everything is in
+            # memory once loaded, so the copy goes away.
+            dest = Path(tempfile.mkdtemp(prefix=f"{source}-", dir=_local_dir(cfg, "models")))
+            try:
+                _download_prefix(store, f"apprentice/{source}/model", dest)
+                return cls.from_dir(dest, device)
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
         where = f" or a trained run in {store.url('apprentice')}" if store is not None else ""
         raise UserError(f"no apprentice model {source!r}: give models:/NAME@ALIAS, runs:/ID/PATH, a model folder{where}")
 
@@ -833,72 +865,71 @@ class Apprentice:
 
 # ---------------------------------------------------------------------------- MLflow pyfunc
 
-# MLflow warns about predict() without type hints when the class is defined; the input is
-# checked in predict() instead (a DataFrame, a dict or a list of dicts).
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
+class ApprenticePyfunc(PythonModel):
+    """MLflow pyfunc: demos + prompt in, base64 PNGs out.
 
-    class ApprenticePyfunc(PythonModel):
-        """MLflow pyfunc: demos + prompt in, base64 PNGs out.
+    Input: a pandas DataFrame (one request per row), a dict (one request, or columns of
+    requests) or a list of dicts, with ``prompt`` (str) and ``demos`` (list of base64 image
+    files: PNG, JPEG, ...), optional ``demo_texts`` (list of str), ``num_images``, ``seed``,
+    ``guidance``, ``steps``, ``scheduler``. Output: a DataFrame with one row per request and
+    an ``images`` column (list of base64 PNG strings).
+    """
 
-        Input: a pandas DataFrame (one request per row), a dict (one request, or columns of
-        requests) or a list of dicts, with ``prompt`` (str) and ``demos`` (list of base64 image
-        files: PNG, JPEG, ...), optional ``demo_texts`` (list of str), ``num_images``, ``seed``,
-        ``guidance``, ``steps``, ``scheduler``. Output: a DataFrame with one row per request and
-        an ``images`` column (list of base64 PNG strings).
-        """
+    # The input is checked in predict() (a DataFrame, a dict or a list of dicts): no type-hint
+    # validation by MLflow (which would also warn about the missing hints).
+    _skip_type_hint_validation = True
 
-        def load_context(self, context):
-            self.apprentice = Apprentice.from_dir(context.artifacts["apprentice"])
+    def load_context(self, context):
+        self.apprentice = Apprentice.from_dir(context.artifacts["apprentice"])
 
-        @staticmethod
-        def requests(model_input) -> list[dict]:
-            import pandas as pd
+    @staticmethod
+    def requests(model_input) -> list[dict]:
+        import pandas as pd
 
-            if isinstance(model_input, pd.DataFrame):
-                reqs = model_input.to_dict(orient="records")
-            elif isinstance(model_input, dict):
-                if isinstance(model_input.get("prompt"), str):
-                    reqs = [model_input]
-                else:
-                    reqs = pd.DataFrame({k: list(v) for k, v in model_input.items()}).to_dict(orient="records")
-            elif isinstance(model_input, (list, tuple)):
-                reqs = [dict(r) for r in model_input]
+        if isinstance(model_input, pd.DataFrame):
+            reqs = model_input.to_dict(orient="records")
+        elif isinstance(model_input, dict):
+            if isinstance(model_input.get("prompt"), str):
+                reqs = [model_input]
             else:
-                raise TypeError(f"unsupported input {type(model_input).__name__}: a DataFrame, dict or list of dicts")
+                reqs = pd.DataFrame({k: list(v) for k, v in model_input.items()}).to_dict(orient="records")
+        elif isinstance(model_input, (list, tuple)):
+            reqs = [dict(r) for r in model_input]
+        else:
+            raise TypeError(f"unsupported input {type(model_input).__name__}: a DataFrame, dict or list of dicts")
 
-            def norm(v):
-                if isinstance(v, np.ndarray):
-                    return v.tolist()
-                return v
+        def norm(v):
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            return v
 
-            return [{k: norm(v) for k, v in r.items()} for r in reqs]
+        return [{k: norm(v) for k, v in r.items()} for r in reqs]
 
-        def predict(self, context, model_input, params=None):
-            import pandas as pd
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
 
-            from suti.imageio import b64_png, from_b64
+        from suti.imageio import b64_png, from_b64
 
-            out = []
-            for i, r in enumerate(self.requests(model_input)):
-                prompt = r.get("prompt")
-                if not isinstance(prompt, str) or not prompt.strip():
-                    raise ValueError(f"request {i}: 'prompt' must be a non-empty string")
-                demos_b64 = r.get("demos")
-                demos_b64 = [] if demos_b64 is None or (isinstance(demos_b64, float) and math.isnan(demos_b64)) else list(demos_b64)
-                demos = [from_b64(s, f"request {i} demo {j}") for j, s in enumerate(demos_b64)]
-                texts = r.get("demo_texts")
-                texts = None if texts is None or (isinstance(texts, float) and math.isnan(texts)) else list(texts)
+        out = []
+        for i, r in enumerate(self.requests(model_input)):
+            prompt = r.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"request {i}: 'prompt' must be a non-empty string")
+            demos_b64 = r.get("demos")
+            demos_b64 = [] if demos_b64 is None or (isinstance(demos_b64, float) and math.isnan(demos_b64)) else list(demos_b64)
+            demos = [from_b64(s, f"request {i} demo {j}") for j, s in enumerate(demos_b64)]
+            texts = r.get("demo_texts")
+            texts = None if texts is None or (isinstance(texts, float) and math.isnan(texts)) else list(texts)
 
-                def opt(name, cast):
-                    v = r.get(name, (params or {}).get(name))
-                    return None if v is None or (isinstance(v, float) and math.isnan(v)) else cast(v)
+            def opt(name, cast):
+                v = r.get(name, (params or {}).get(name))
+                return None if v is None or (isinstance(v, float) and math.isnan(v)) else cast(v)
 
-                imgs = self.apprentice.generate(demos, texts, prompt, num_images=opt("num_images", int),
-                                                guidance=opt("guidance", float), scheduler=opt("scheduler", str),
-                                                steps=opt("steps", int), seed=opt("seed", int) or 0)
-                out.append({"prompt": prompt, "images": [b64_png(im) for im in imgs]})
-            return pd.DataFrame(out, columns=["prompt", "images"])
+            imgs = self.apprentice.generate(demos, texts, prompt, num_images=opt("num_images", int),
+                                            guidance=opt("guidance", float), scheduler=opt("scheduler", str),
+                                            steps=opt("steps", int), seed=opt("seed", int) or 0)
+            out.append({"prompt": prompt, "images": [b64_png(im) for im in imgs]})
+        return pd.DataFrame(out, columns=["prompt", "images"])
 
 
 def pip_requirements() -> list[str]:
@@ -967,7 +998,9 @@ def dreamsuti(cfg: DictConfig, store, apprentice: Apprentice, images: Sequence[n
               name: str, run_id: str | None = None, force: bool = False) -> dict:
     """Dream-SuTI: fine-tune the apprentice on ONE subject: each example takes one of its
     images as the demo and another as the target (``apprentice.dreamsuti_steps``, paper
-    500). Saved as run ``dreamsuti-<name>``; afterwards one demo suffices."""
+    500). Saved as run ``dreamsuti-<name>``; afterwards one demo suffices.
+
+    ``apprentice`` is tuned in place (``copy.deepcopy`` it first to keep the original)."""
     from suti.cli import UserError
 
     if len(images) < 2:
@@ -1034,8 +1067,7 @@ def _main(argv: list[str] | None = None) -> int:
         setup_tracking(cfg)
     record = train_apprentice(cfg, store, load_G(store, lam), args.run_name, args.run_id, args.force)
     if record:
-        print(json.dumps({"steps": record.get("steps"), "resumed_from": record.get("resumed_from"),
-                          "steps_run": record.get("steps_run")}))
+        print(json.dumps({k: record.get(k) for k in ("steps", "resumed_from", "steps_run", "data_start_step")}))
     return 0
 
 

@@ -32,6 +32,7 @@ evaluation of the mined clusters, never by a pipeline step.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -75,6 +76,8 @@ class MineConfig:
     prompt_writer: str = "template"  # template | llm
     llm_complete: str | None = None  # "module:function", a complete(prompt: str) -> str; no network in our code
     batch_size: int = 256  # images per scorer batch
+    threads: int = 1  # torch threads while scoring: tiny models need no more, and on a busy machine
+    #                   more threads than free cores stall inference (40x slower measured)
 
     @classmethod
     def from_cfg(cls, cfg) -> "MineConfig":
@@ -103,6 +106,8 @@ class MineConfig:
             self.band = [float(b[0]), float(b[1])]
         if not isinstance(self.min_images, int) or self.min_images < 2:
             raise ConfigError(f"mine.min_images must be a whole number >= 2, got {self.min_images!r}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"mine.threads must be a whole number >= 0 (0: torch's default), got {self.threads!r}")
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ConfigError(f"mine.shard_size must be a whole number >= 1, got {self.shard_size!r}")
         for k in ("null_quantile", "dup_quantile"):
@@ -114,6 +119,20 @@ class MineConfig:
             raise ConfigError(f"mine.prompt_writer must be template or llm, got {self.prompt_writer!r}")
         if "llm" in (self.merger, self.prompt_writer) and not self.llm_complete:
             raise ConfigError("mine.llm_complete must name a 'module:function' complete(prompt) -> str for the llm merger/writer")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` torch intra-op threads (None: leave as is), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_callable(spec: str) -> Callable[[str], str]:
@@ -296,19 +315,25 @@ def mean_pairwise_cosine(emb: np.ndarray) -> float | None:
     return float((s.sum() - np.trace(s)) / (n * (n - 1)))
 
 
+def _score_images(scorers, images: np.ndarray, batch_size: int):
+    if not len(images):
+        return np.zeros((0, 1), np.float32), [], []
+    emb = np.concatenate([scorers.image_embed(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    labels, captions = [], []
+    for i in range(0, len(images), batch_size):
+        labels += scorers.labels(images[i:i + batch_size])
+        captions += scorers.caption(images[i:i + batch_size])
+    return emb, labels, captions
+
+
 def score_candidates(store, scorers, candidates: list[Candidate], resolution: int, warn=None,
-                     batch_size: int = 256) -> tuple[list[ScoredCluster], np.ndarray, list[ImageRecord]]:
+                     batch_size: int = 256, threads: int | None = 1
+                     ) -> tuple[list[ScoredCluster], np.ndarray, list[ImageRecord]]:
     """Decode, embed, caption and label every readable image; mean pair similarity per cluster.
     Returns (scored clusters, embeddings (N, d) in image order, image records in the same order)."""
     images, owner, per = load_images(store, candidates, resolution, warn)
-    if len(images):
-        emb = np.concatenate([scorers.image_embed(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-        labels, captions = [], []
-        for i in range(0, len(images), batch_size):
-            labels += scorers.labels(images[i:i + batch_size])
-            captions += scorers.caption(images[i:i + batch_size])
-    else:
-        emb, labels, captions = np.zeros((0, 1), np.float32), [], []
+    with torch_threads(threads):
+        emb, labels, captions = _score_images(scorers, images, batch_size)
     emb = emb.astype(np.float32)
     scored, records, start = [], [], 0
     for ci, c in enumerate(candidates):
@@ -377,7 +402,8 @@ def calibrate_band(emb: np.ndarray, image_cluster: np.ndarray, cluster_sizes: li
         idx = rng.choice(len(images), size=min(mc.dup_images, len(images)), replace=False)
         orig = images[idx]
         copies = np.stack([_near_duplicate(im, rng, mc.dup_noise) for im in orig])
-        e0, e1 = scorers.image_embed(orig), scorers.image_embed(copies)
+        with torch_threads(mc.threads):
+            e0, e1 = scorers.image_embed(orig), scorers.image_embed(copies)
         dup = (e0 * e1).sum(1)
         cal["near_duplicate_pairs"] = _summary(dup, (0.001, 0.01, 0.05, 0.5))
         level = float(np.quantile(dup, mc.dup_quantile))
@@ -512,10 +538,14 @@ class RuleDescriptionMerger:
     = majority votes of the captioner's per-image labels plus what alt-texts say outright
     ('Zorvex backpack - blue'). Output: 'Zorvex blue backpack with red stripes'."""
 
+    def __init__(self, alt_weight: int = 3):
+        self.alt_weight = alt_weight  # votes per alt-text naming the class/colour (the shop knows its product)
+
     def merge(self, url: str, alts: list[str], captions: list[str], labels: list[dict]) -> MergedDescription:
         brand = brand_from_alts(alts, url)
-        cls = _majority([d["cls"] for d in labels] + _alt_mentions(alts, CLASS_WORDS), V.CLASS_KEYS[0])
-        body = _majority([d["body"] for d in labels] + _alt_mentions(alts, {c: c for c in V.COLOUR_KEYS}),
+        w = self.alt_weight
+        cls = _majority([d["cls"] for d in labels] + _alt_mentions(alts, CLASS_WORDS) * w, V.CLASS_KEYS[0])
+        body = _majority([d["body"] for d in labels] + _alt_mentions(alts, {c: c for c in V.COLOUR_KEYS}) * w,
                          V.COLOUR_KEYS[0])
         accents = [d["accent"] for d in labels if d["accent"] != body]
         accent = _majority(accents, next(c for c in V.COLOUR_KEYS if c != body))
@@ -748,7 +778,8 @@ def mine_corpus(cfg, store, force: bool = False, warn=None, merger: DescriptionM
     pages = read_pages(store)
     candidates = group_by_source(pages)
     scorers = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
-    scored, emb, records = score_candidates(store, scorers, candidates, int(cfg.world.resolution), warn, mc.batch_size)
+    scored, emb, records = score_candidates(store, scorers, candidates, int(cfg.world.resolution), warn, mc.batch_size,
+                                            mc.threads)
     band = calibrate_from_records(store, scorers, scored, emb, records, mc, int(cfg.seed), int(cfg.world.resolution))
     decisions = select_clusters(scored, band, mc.min_images)
     kept_ids = {d.cluster_id for d in decisions if d.reason == "kept"}

@@ -69,11 +69,16 @@ def convertible_files(d: Path) -> dict[str, Path]:
     return files
 
 
+@pytest.fixture(scope="module")
+def convertible(tmp_path_factory) -> dict[str, Path]:
+    return convertible_files(tmp_path_factory.mktemp("convertible"))
+
+
 # ---------------------------------------------------------------------------- conversions (in-process)
 
 
-def test_every_convertible_mode_becomes_rgb(tmp_path):
-    files = convertible_files(tmp_path)
+def test_every_convertible_mode_becomes_rgb(convertible):
+    files = convertible
     for name, path in files.items():
         img = read_image(path)
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
@@ -159,10 +164,9 @@ def _write(p: Path, data: bytes) -> Path:
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
-def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, case):
+def test_bad_input_is_one_line_and_exit_2(trained, convertible, tmp_path, case):
     make, needle = BAD_CASES[case]
-    good = convertible_files(tmp_path / "ok")
-    args = {"--demo": [str(good["gray"])], "--prompt": ["a mug"], "--out": [str(tmp_path / "out" / "x.png")]}
+    args = {"--demo": [str(convertible["gray"])], "--prompt": ["a mug"], "--out": [str(tmp_path / "out" / "x.png")]}
     for flag, values in make(tmp_path).items():
         args[flag] = args["--demo"] + values if flag == "--demo" else values  # a bad demo beside a good one
     proc = run_suti(trained, *[a for flag, values in args.items() for v in values for a in (flag, v)])
@@ -173,8 +177,8 @@ def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, case):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_convertible_demos_generate_pngs(trained, tmp_path):
-    files = convertible_files(tmp_path / "in")
+def test_convertible_demos_generate_pngs(trained, convertible, tmp_path):
+    files = convertible
     out = tmp_path / "made" / "sub" / "gen.png"  # missing folders are created
     argv = [a for p in files.values() for a in ("--demo", str(p))]
     proc = run_suti(trained, *argv, "--demo-text", "Oxlable teddy bear", "--prompt", "Oxlable teddy bear in the snow",
@@ -189,3 +193,39 @@ def test_convertible_demos_generate_pngs(trained, tmp_path):
             assert im.format == "PNG" and im.mode == "RGB" and im.size == (32, 32)
     with Image.open(expected[2]) as g:
         assert g.size[0] > g.size[1]  # one row: 7 demos | 2 generated
+
+
+# ---------------------------------------------------------------------------- Dream-SuTI through the CLI
+
+
+def run_cmd(trained, command: str, *args: str, overrides: tuple = (), timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # (overrides go before the flags: argparse does not intermix)
+    return subprocess.run([str(SUTI), command, *trained["overrides"], *overrides, *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_dreamsuti_bad_subject_is_one_line(trained, convertible, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes(convertible["wide"].read_bytes())
+    for args, needle in ((["--subject-dir", str(one)], "at least 2 images"),
+                         (["--subject-dir", str(tmp_path / "nope")], "subject folder not found"),
+                         (["--demo", str(convertible["gray"]), "--demo", str(tmp_path)], "is a directory")):
+        proc = run_cmd(trained, "dreamsuti", *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_dreamsuti_then_generate_with_one_demo(trained, tmp_path):
+    subject = trained["store"].local_path("world/heldout/h001")
+    proc = run_cmd(trained, "dreamsuti", "--subject-dir", str(subject), "--subject-text", "a mug",
+                   overrides=("apprentice.dreamsuti_steps=3", "apprentice.dreamsuti_batch_size=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "mug.png"
+    proc = run_suti(trained, "--model", "dreamsuti-h001", "--demo", str(subject / "demo_0.png"), "--prompt",
+                    "a mug in the snow", "--out", str(out), "--num-images", "1", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [str(out)]  # one image: exactly --out
+    with Image.open(out) as im:
+        assert im.size == (32, 32)

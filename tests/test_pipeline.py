@@ -1,0 +1,73 @@
+"""The data engine and the evaluation on the smoke profile: experts -> filter -> sweep
+(nested MLflow runs) -> eval (every Table 1 row) -> promote."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def engine(smoke):
+    from suti.flows.filter import filter_flow
+
+    ov, cfg, store = smoke
+    rep = filter_flow(overrides=ov)
+    return ov, cfg, store, rep
+
+
+def test_experts_outputs_and_records(engine):
+    from suti.tasks.experts import finished_experts
+
+    ov, cfg, store, _ = engine
+    recs = finished_experts(store)
+    assert recs
+    for r in recs:
+        assert {"expert_id", "samples", "seed", "scheduler", "sample_steps", "guidance", "train_seconds"} <= set(r)
+        assert len(r["samples"]) == cfg.expert.prompts_per_cluster * cfg.expert.samples_per_prompt
+        assert all(store.exists(s["key"]) for s in r["samples"])
+    rep = json.loads((Path(cfg.reports_dir) / "experts.json").read_text())
+    assert rep["trained"] + rep["reused"] + rep["failed"] == rep["experts"] and rep["failed"] == 0
+
+
+def test_filter_sizes_non_increasing(engine):
+    ov, cfg, store, rep = engine
+    sizes = [s["size"] for s in rep["sizes"]]
+    assert sizes[0] == rep["samples"] > 0
+    assert all(a >= b for a, b in zip(sizes, sizes[1:]))
+    assert store.exists("filter/delta_histogram.png")
+
+
+def test_sweep_nests_runs_and_eval_promote(engine):
+    import mlflow
+
+    from suti.flows.eval import eval_flow
+    from suti.flows.promote import promote_flow
+    from suti.flows.sweep import sweep_flow
+
+    ov, cfg, store, _ = engine
+    sw = sweep_flow(overrides=ov)
+    assert len(sw["lambdas"]) >= 4
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    c = mlflow.MlflowClient()
+    children = c.search_runs([c.get_run(sw["parent_run_id"]).info.experiment_id],
+                             f"tags.mlflow.parentRunId = '{sw['parent_run_id']}'")
+    assert len(children) == len(sw["lambdas"])
+    for ch in children:
+        assert "G.size" in ch.data.metrics
+    trained = [r for r in sw["lambdas"] if r["overall"] is not None]
+    assert trained and all(0 <= r["overall"] <= 1 for r in trained)
+    ev = eval_flow(overrides=ov)
+    methods = {r["method"] for r in ev["table"]}
+    assert methods == {"oracle", "base", "expert", "apprentice", "dreamsuti"}
+    for r in ev["table"]:
+        for k in ("identity", "clip_i", "clip_t", "subject", "text", "photorealism", "overall", "seconds_per_subject",
+                  "bytes_per_subject"):
+            assert r[k] is not None, (r["method"], k)
+    assert [k["k"] for k in ev["kshot"]] == [0, 1, 2, 3, 4] or len(ev["kshot"]) >= 4
+    assert [v["level"] for v in ev["v2_levels"]] == [1, 2, 3]
+    assert ev["records"] > 0 and store.exists(f"eval/{ev['eval_id']}/records.jsonl")
+    pr = promote_flow(overrides=ov)
+    assert pr["champion_after"] is not None
+    assert c.get_model_version_by_alias("suti-apprentice", "champion").version == pr["champion_after"]
