@@ -88,18 +88,36 @@ def experts_shard_flow(overrides: list[str] | None = None, shard: int = 0, num_s
     return {"shard": shard, "results": [r.model_dump() for r in res]}
 
 
-def _fan_out_deployments(cfg, overrides, n_shards: int) -> list[ExpertResult]:
+def _fan_out_deployments(cfg, overrides, n_shards: int, specs: list[ExpertSpec], store) -> list[ExpertResult]:
+    """Submit one experts-shard flow run per shard (all at once), wait for them, and read
+    the outcome back from the store (so no shared Prefect result storage is needed)."""
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    runs = [run_deployment(cfg.expert.get("deployment", "experts-shard/experts-shard"),
-                           parameters={"overrides": list(overrides or []), "shard": i, "num_shards": n_shards},
-                           timeout=None) for i in range(n_shards)]
+    name = cfg.expert.get("deployment", "experts-shard/experts-shard")
+    runs = [run_deployment(name, parameters={"overrides": list(overrides or []), "shard": i, "num_shards": n_shards},
+                           timeout=0) for i in range(n_shards)]
+    pending = {r.id for r in runs}
+    with get_client(sync_client=True) as client:
+        while pending:
+            for rid in list(pending):
+                state = client.read_flow_run(rid).state
+                if state is not None and state.is_final():
+                    pending.discard(rid)
+                    if not state.is_completed():
+                        logger().warning(f"shard flow run {rid} ended {state.name}; its unfinished experts count as failed")
+            if pending:
+                time.sleep(5)
     out = []
-    for r in runs:
-        state = r.state
-        if state is None or not state.is_completed():
-            raise RuntimeError(f"shard flow run {r.name} ended {state.name if state else 'unknown'}")
-        out += [ExpertResult(**x) for x in state.result()["results"]]
+    for spec in specs:
+        prefix = f"experts/{spec.cluster_id}"
+        if store.is_done(prefix):
+            rec = store.get_json(f"{prefix}/record.json")
+            out.append(ExpertResult(cluster_id=spec.cluster_id, status="trained", samples=len(rec["samples"]),
+                                    train_seconds=rec["train_seconds"], sample_seconds=rec["sample_seconds"]))
+        else:
+            err = store.get_json(f"{prefix}/failed.json")["error"] if store.exists(f"{prefix}/failed.json") else "shard lost"
+            out.append(ExpertResult(cluster_id=spec.cluster_id, status="failed", error=err))
     return out
 
 
@@ -119,7 +137,7 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
     t0 = time.time()
     with mlflow_run(cfg, "experts") as rid:
         if cfg.expert.get("runner", "thread") == "deployment":
-            results = _fan_out_deployments(cfg, overrides, int(cfg.expert.get("shards", 2)))
+            results = _fan_out_deployments(cfg, overrides, int(cfg.expert.get("shards", 2)), specs, store)
         else:
             results = run_specs(specs, cfg, store)
         wall = time.time() - t0

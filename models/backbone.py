@@ -109,14 +109,16 @@ class Backbone:
         pixel_thresholding = not self.latent and guidance >= 10
         clip = not self.latent and not pixel_thresholding
         extra: dict[str, Any] = {}
-        if pixel_thresholding and kind != "dpm":
+        # pixel-space DPM-Solver++ always thresholds: it never clips x0 otherwise, and the
+        # cosine schedule's first step blows an unclipped x0 up (see models/diffusion.py)
+        if pixel_thresholding or (kind == "dpm" and not self.latent):
             extra = dict(thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=1.0)
         if kind == "ddpm":
             return DDPMScheduler.from_config({**base, "clip_sample": clip, **extra})
         if kind == "ddim":
             return DDIMScheduler.from_config({**base, "clip_sample": clip, "set_alpha_to_one": False, **extra})
         return DPMSolverMultistepScheduler.from_config({**base, "algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                        "thresholding": False, "lower_order_final": True})
+                                                        "thresholding": False, "lower_order_final": True, **extra})
 
     # -- life cycle -----------------------------------------------------------
     def frozen_modules(self) -> list[torch.nn.Module]:

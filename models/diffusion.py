@@ -37,6 +37,10 @@ def make_scheduler(kind: str, num_train_timesteps: int = 1000, beta_schedule: st
     if kind == "ddim":
         return DDIMScheduler(**kw, clip_sample=not thresholding, set_alpha_to_one=False)
     if kind == "dpm":
+        # DPM-Solver++ does not clip its x0 predictions; with the cosine schedule the first
+        # step's alpha_bar is ~2e-9 and an unclipped x0 blows up (measured: CLIP-T 0.13 vs
+        # 0.24 with thresholding), so it always thresholds.
+        kw.update(thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=1.0)
         return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
                                            lower_order_final=True)
     raise ValueError(f"unknown scheduler {kind!r}")

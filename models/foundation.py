@@ -181,11 +181,15 @@ class RaterLit(_Lit):
 
     def training_step(self, batch, _):
         images, targets, fake, real_label = batch
-        out = self.net(images)
+        # one forward pass over real + fake: separate passes let BatchNorm's batch statistics
+        # tell them apart in training, which does not carry over to eval mode (measured: the
+        # photorealism head then called every real render fake)
+        both = self.net(torch.cat([images, fake]))
+        n = len(images)
+        out = {k: v[:n] for k, v in both.items()}
         loss = sum(F.cross_entropy(out[k], targets[k]) for k in RATER_HEADS)
         loss = loss + sum(F.binary_cross_entropy_with_logits(out[k], targets[k]) for k in MULTI_HEADS)
-        rf = self.net(fake)["real"]
-        loss = loss + F.binary_cross_entropy_with_logits(torch.cat([out["real"], rf]), real_label)
+        loss = loss + F.binary_cross_entropy_with_logits(both["real"], real_label)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -194,11 +198,29 @@ class BaseLit(_Lit):
     """Pixel-space text-to-image UNet on the frozen tiny CLIP text tower (Imagen's recipe:
     a frozen text encoder, generic captions only)."""
 
-    def __init__(self, unet, clip, noise_scheduler, lr: float, max_steps: int):
+    def __init__(self, unet, clip, noise_scheduler, lr: float, max_steps: int, ema_decay: float = 0.999):
         super().__init__()
+        import copy
+
         self.unet, self.lr, self.max_steps = unet, lr, max_steps
         self.clip = [clip]  # a list: frozen, and not part of this module's state_dict
         self.noise_scheduler = noise_scheduler
+        self.ema_decay = ema_decay
+        # EMA of the weights: what gets saved and sampled (sharper samples from short runs)
+        self.ema = [copy.deepcopy(unet).requires_grad_(False)] if ema_decay else None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is None:
+            return
+        step = self.global_step
+        d = min(self.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(self.ema[0].parameters(), self.unet.parameters()):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def final_unet(self):
+        """The EMA weights when kept, else the trained weights."""
+        return self.ema[0] if self.ema is not None else self.unet
 
     def training_step(self, batch, _):
         images, tokens = batch

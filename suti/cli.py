@@ -43,6 +43,19 @@ def _user_errors():
     return (ConfigError, StoreError, UserError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
+def preflight(cfg) -> None:
+    """Reach the artifact store and the tracking server before any flow starts, so an
+    unreachable one is one line and nothing is written (not even Prefect's database)."""
+    if str(cfg.storage.uri).startswith("s3://"):
+        from suti.store import open_store
+
+        open_store(str(cfg.storage.uri), cfg.storage.get("endpoint_url"))
+    if str(cfg.tracking.uri).startswith(("http://", "https://")):
+        from suti.tracking import _check_http
+
+        _check_http(str(cfg.tracking.uri))
+
+
 OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.]*=")
 
 
@@ -73,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if "-h" not in rest and "--help" not in rest:
             # validate the config and point caches at the workdir before importing prefect
             cfg = compose([a for a in rest if OVERRIDE.match(a)])
+            preflight(cfg)
             setup_env(cfg)
         module, fn, help_ = commands[name]
         mod = importlib.import_module(module)
@@ -81,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--force", action="store_true", help="redo finished work instead of reusing it")
         if hasattr(mod, "add_arguments"):
             mod.add_arguments(p)  # command-specific flags (e.g. generate's --demo), passed to the flow as kwargs
-        args = p.parse_args(rest)
+        args = p.parse_intermixed_args(rest)
         extra = {k: v for k, v in vars(args).items() if k not in ("overrides", "force")}
         result = getattr(mod, fn)(overrides=list(args.overrides), force=args.force, **extra)
         return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -93,6 +93,8 @@ def validate(cfg: DictConfig) -> None:
     for m in cfg.eval.get("methods", []):
         if m not in ("oracle", "base", "expert", "apprentice", "dreamsuti"):
             raise ConfigError(f"eval.methods: unknown method {m!r}")
+    if cfg.expert.get("runner", "thread") not in ("thread", "dask", "deployment"):
+        raise ConfigError(f"expert.runner must be thread, dask or deployment, got {cfg.expert.runner!r}")
     if cfg.expert.method not in ("full", "lora"):
         raise ConfigError(f"expert.method must be full or lora, got {cfg.expert.method!r}")
     for key in ("expert.scheduler", "apprentice.scheduler", "foundation.eval.scheduler"):
@@ -141,6 +143,9 @@ def setup_env(cfg: DictConfig) -> Path:
     # a busy 2-core machine can take longer than the default 20 s to start the ephemeral server
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    logging.getLogger("suti").setLevel(logging.INFO)  # progress lines (counts, s/step) are INFO
     if cfg.get("torch_threads"):
         import torch
 

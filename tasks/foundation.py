@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from suti.models.clip import build_clip, text_hidden_states, tokenizer
-from suti.models.diffusion import build_unet, make_scheduler, sample, to_uint8, training_scheduler
+from suti.models.diffusion import build_unet, guided_scheduler, sample, to_uint8, training_scheduler
 from suti.models.foundation import (BaseLit, ClipLit, IdentityLit, IdentityNet, RaterLit, RaterNet, corrupt, fit,
                                     loader, scene_targets)
 from suti.models.scorers import Scorers, load_state, save_module
@@ -114,8 +114,9 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
         caps = [("" if rng.random() < c.uncond_prob else cap) for cap in _captions(scenes, idx, rng, c.caption_drop)]
         return torch.as_tensor(images[idx]), tok(caps)
 
-    loss = fit(BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps), loader(batch, cfg.seed + 4),
-               c.steps, cfg.progress, name="base")
+    lit = BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps, float(c.get("ema_decay", 0.999)))
+    loss = fit(lit, loader(batch, cfg.seed + 4), c.steps, cfg.progress, name="base")
+    unet = lit.final_unet()
     save_module(store, "foundation/base/model.pt", unet,
                 {"unet_config": dict(unet.config), "loss": loss, "text_encoder": "foundation/clip/model.pt"})
     return {"loss": loss}
@@ -133,7 +134,7 @@ def load_base_unet(cfg: DictConfig, store):
 def generate_base(unet, clip, clip_name: str, prompts: list[str], cfg_sampling, seed: int, batch: int = 50) -> np.ndarray:
     """Sample one image per prompt from a text-conditioned UNet with CFG."""
     tok = tokenizer(clip_name)
-    sched = make_scheduler(cfg_sampling.scheduler)
+    sched = guided_scheduler(cfg_sampling.scheduler, cfg_sampling.guidance)
     res = unet.config.sample_size
     out = []
     for i in range(0, len(prompts), batch):

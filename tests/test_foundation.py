@@ -38,10 +38,13 @@ def test_registered_in_mlflow(smoke):
 
     ov, cfg, store = smoke
     mlflow.set_tracking_uri(cfg.tracking.uri)
+    mlflow.set_registry_uri(cfg.tracking.uri)  # other tests point the process-wide registry elsewhere
     client = mlflow.MlflowClient()
     for m in MODELS:
         versions = client.search_model_versions(f"name='suti-{m}'")
         assert versions, m
+        assert versions[0].run_id == json.loads((Path(cfg.reports_dir) / "foundation.json").read_text())["mlflow_run_id"] \
+            or len(versions) > 1
     model = mlflow.pytorch.load_model("models:/suti-identity/1")
     assert sum(p.numel() for p in model.parameters()) > 0
 

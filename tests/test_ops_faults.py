@@ -112,7 +112,7 @@ def shard_result(stdout: str) -> dict:
 
 # The smoke CLIP is too weak for the calibrated similarity band to keep more than a couple
 # of clusters; these tests need clusters, not good ones: the band is left wide open.
-MINE = ["+mine.band=[-1.0,1.0]"]
+MINE = ["mine.band=[-1.0,1.0]"]
 
 
 @pytest.fixture(scope="module")

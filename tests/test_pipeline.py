@@ -50,6 +50,7 @@ def test_sweep_nests_runs_and_eval_promote(engine):
     sw = sweep_flow(overrides=ov)
     assert len(sw["lambdas"]) >= 4
     mlflow.set_tracking_uri(cfg.tracking.uri)
+    mlflow.set_registry_uri(cfg.tracking.uri)
     c = mlflow.MlflowClient()
     children = c.search_runs([c.get_run(sw["parent_run_id"]).info.experiment_id],
                              f"tags.mlflow.parentRunId = '{sw['parent_run_id']}'")
