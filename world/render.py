@@ -237,8 +237,10 @@ def _body_mask(scene: Scene, box, S: int) -> Image.Image:
         d.rectangle([cx - side / 2, by - side, cx + side / 2, by], fill=255)
         return m
     if view == "top":
-        d.ellipse([x0, y0 + 0.35 * h, x1, y1], fill=255)
-        return m
+        # seen from above: the class silhouette, foreshortened (so the class stays readable)
+        y0 = y0 + 0.4 * h
+        h = y1 - y0
+        box = (x0, y0, x1, y1)
     if cls == "backpack":
         d.rounded_rectangle(box, radius=(0.18 + 0.08 * var) * w, fill=255)
     elif cls in ("mug", "can"):
@@ -299,13 +301,13 @@ def _details(d: ImageDraw.ImageDraw, scene: Scene, box, u: float) -> None:
     lw = max(1, int(1.2 * u))
     view, var = scene.view, s.variant
     if view == "back":
-        # the back shows a plain accent band only
+        # the back: an accent band, and only the class details seen from behind (as from the side)
         d.rectangle([x0 + 0.1 * w, y0 + 0.15 * h, x1 - 0.1 * w, y0 + 0.25 * h], fill=acc)
-        return
     if view == "top":
-        d.ellipse([cx - 0.2 * w, y0 + 0.5 * h, cx + 0.2 * w, y0 + 0.85 * h], fill=acc)
-        return
-    side = view == "side"
+        y0 = y0 + 0.4 * h
+        h = y1 - y0
+        d.ellipse([cx - 0.15 * w, y0 + 0.3 * h, cx + 0.15 * w, y0 + 0.7 * h], fill=acc)
+    side = view in ("side", "back")
     if s.cls == "backpack":
         py = y0 + (0.45 + 0.08 * var) * h
         d.rounded_rectangle([x0 + (0.5 if side else 0.18) * w, py, x1 - 0.18 * w, y1 - 0.08 * h], radius=0.1 * w,
