@@ -63,15 +63,7 @@ __all__ = ["load_G", "run_name_for", "TrainSettings", "GBatches", "GDataModule",
 # ---------------------------------------------------------------------------- G(lambda)
 
 
-def load_G(store, lam: float | None) -> list[dict]:
-    """G(lambda): rows of ``filter/deltas.jsonl`` with ``delta > lam`` (``lam=None``: every row)."""
-    key = "filter/deltas.jsonl"
-    if not store.exists(key):
-        from suti.store import StoreError
-
-        raise StoreError(f"missing artifact: {store.url(key)} (run `suti filter` first)")
-    rows = [json.loads(x) for x in store.get_bytes(key).decode().splitlines() if x.strip()]
-    return rows if lam is None else [r for r in rows if float(r["delta"]) > float(lam)]
+from suti.tasks.filter import load_G  # noqa: E402  (G(lambda) is the filter's; re-exported here)
 
 
 def run_name_for(cfg: DictConfig, lam: float | None) -> str:

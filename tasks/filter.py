@@ -38,13 +38,18 @@ def select(rows: list[dict], lam: float | None) -> list[dict]:
 
 
 def load_rows(store) -> list[dict]:
-    if not store.is_done("filter"):
-        raise FileNotFoundError("no finished filter output in the store: run `suti filter` first")
-    return [json.loads(x) for x in store.get_bytes("filter/deltas.jsonl").decode().splitlines() if x.strip()]
+    """Every scored sample; only a finished filter output (its done marker) is read."""
+    key = "filter/deltas.jsonl"
+    if not store.is_done("filter") or not store.exists(key):
+        from suti.store import StoreError
+
+        raise StoreError(f"missing artifact: {store.url(key)} (run `suti filter` first)")
+    return [json.loads(x) for x in store.get_bytes(key).decode().splitlines() if x.strip()]
 
 
 def load_G(store, lam: float | None) -> list[dict]:
-    return select(load_rows(store), lam)
+    """G(lambda): rows with delta > lambda (lambda None: every row)."""
+    return select(load_rows(store), None if lam is None else float(lam))
 
 
 def histogram_png(deltas: list[float], lam: float | None) -> bytes:
