@@ -98,6 +98,7 @@ def write_rows(store, seed=0) -> list[dict]:
                      "delta": 0.05 * s, "demo_keys": keys[1:], "demo_texts": [f"a {word} ball"] * 3,
                      "description": f"{word} ball"})
     store.put_bytes("filter/deltas.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    store.mark_done("filter", {"rows": len(rows)})
     return rows
 
 
