@@ -140,6 +140,48 @@ def aggregate(results: list[dict]) -> dict:
     return {"table": table, "kshot": kshot, "v2_levels": v2}
 
 
+def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
+    """Issue-4 figures from Table 1: share of the base-to-oracle identity gap each row closes, K-shot, Dream-SuTI.
+
+    gap_closed = (identity(apprentice) - identity(base)) / (identity(oracle) - identity(base)); the same for
+    the experts. ``checks`` states each floor of the apprentice issue with its measured value.
+    """
+    rows = {r["method"]: r for r in agg["table"]}
+
+    def closed(m: str) -> float | None:
+        if not {"oracle", "base", m} <= rows.keys():
+            return None
+        gap = rows["oracle"]["identity"] - rows["base"]["identity"]
+        return float((rows[m]["identity"] - rows["base"]["identity"]) / gap) if abs(gap) > 1e-9 else None
+
+    get = lambda m, k: rows[m][k] if m in rows else None  # noqa: E731
+    rep = {"gap_closed": closed("apprentice"), "expert_gap_closed": closed("expert"),
+           "clip_t": get("apprentice", "clip_t"), "expert_clip_t": get("expert", "clip_t"),
+           "base_identity": get("base", "identity"), "oracle_identity": get("oracle", "identity"),
+           "expert_identity": get("expert", "identity"), "apprentice_identity": get("apprentice", "identity"),
+           "dreamsuti_identity": get("dreamsuti", "identity"),
+           "base_clip_t": get("base", "clip_t"),
+           "kshot": [{"k": r["k"], "identity": r["identity"], "clip_t": r["clip_t"], "overall": r.get("overall")}
+                     for r in agg.get("kshot", [])],
+           "param_overhead": param_overhead}
+    checks = {}
+    if rep["gap_closed"] is not None:
+        checks["gap_closed>=0.6"] = rep["gap_closed"] >= 0.6
+    if rep["gap_closed"] is not None and rep["expert_gap_closed"]:
+        checks["gap_closed>=0.9*expert_gap_closed"] = rep["gap_closed"] >= 0.9 * rep["expert_gap_closed"]
+    if rep["clip_t"] is not None and rep["expert_clip_t"] is not None:
+        checks["clip_t>=expert_clip_t-0.02"] = rep["clip_t"] >= rep["expert_clip_t"] - 0.02
+    ks = {r["k"]: r for r in rep["kshot"]}
+    if {1, 3} <= ks.keys():
+        checks["identity_rises_1_to_3"] = ks[3]["identity"] > ks[1]["identity"]
+    if {3, 5} <= ks.keys():
+        checks["five_not_worse_than_three"] = ks[5]["identity"] >= ks[3]["identity"] - 0.01
+    if rep["dreamsuti_identity"] is not None and rep["apprentice_identity"] is not None:
+        checks["dreamsuti_beats_apprentice"] = rep["dreamsuti_identity"] > rep["apprentice_identity"]
+    rep["checks"] = checks
+    return rep
+
+
 def markdown_table(table: list[dict]) -> str:
     cols = ["method", "identity", "clip_i", "clip_t", "subject", "text", "photorealism", "overall",
             "seconds_per_subject", "bytes_per_subject"]
@@ -226,7 +268,10 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
     create_markdown_artifact(key="eval-table", markdown=md, description="Table 1 on the world's held-out subjects")
     create_table_artifact(key="eval-kshot", table=agg["kshot"], description="K-shot curve")
     path = write_report(cfg, "eval", report)
-    lg.info("\n" + md + f"\nreport {path}")
+    app_rep = apprentice_report(agg, app.model.param_overhead())
+    write_report(cfg, "apprentice", {**app_rep, "eval_id": eval_id, "model": model, "model_version": version,
+                                     "subjects": len(cases), "images_per_prompt": int(cfg.eval.images_per_prompt)})
+    lg.info("\n" + md + f"\nreport {path}; apprentice checks {app_rep['checks']}")
     return report
 
 

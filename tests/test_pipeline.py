@@ -69,6 +69,13 @@ def test_sweep_nests_runs_and_eval_promote(engine):
     assert [k["k"] for k in ev["kshot"]] == [0, 1, 2, 3, 4] or len(ev["kshot"]) >= 4
     assert [v["level"] for v in ev["v2_levels"]] == [1, 2, 3]
     assert ev["records"] > 0 and store.exists(f"eval/{ev['eval_id']}/records.jsonl")
+    app = json.loads((Path(cfg.reports_dir) / "apprentice.json").read_text())
+    rows = {r["method"]: r for r in ev["table"]}
+    gap = rows["oracle"]["identity"] - rows["base"]["identity"]
+    assert app["gap_closed"] == pytest.approx((rows["apprentice"]["identity"] - rows["base"]["identity"]) / gap)
+    assert app["expert_clip_t"] == rows["expert"]["clip_t"] and app["dreamsuti_identity"] == rows["dreamsuti"]["identity"]
+    assert [k["k"] for k in app["kshot"]] == [k["k"] for k in ev["kshot"]]
+    assert 0 < app["param_overhead"]["ratio"] < 1 and isinstance(app["checks"], dict)
     pr = promote_flow(overrides=ov)
     assert pr["champion_after"] is not None
     assert c.get_model_version_by_alias("suti-apprentice", "champion").version == pr["champion_after"]
