@@ -56,6 +56,29 @@ def preflight(cfg) -> None:
         _check_http(str(cfg.tracking.uri))
 
 
+class _QuietUserErrors:
+    """Logging filter: a user error raised inside a flow or task is logged by Prefect's engine
+    with its traceback; keep the message, drop the traceback (the CLI ends with one line)."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, _user_errors()):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    import logging
+
+    quiet = _QuietUserErrors()
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            if not any(isinstance(f, _QuietUserErrors) for f in h.filters):
+                h.addFilter(quiet)
+
+
 OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.]*=")
 
 
@@ -90,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             setup_env(cfg)
         module, fn, help_ = commands[name]
         mod = importlib.import_module(module)
+        _quiet_user_error_tracebacks()  # after the import: Prefect has configured its handlers
         p = argparse.ArgumentParser(prog=f"suti {name}", description=help_)
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke expert.steps=50")
         p.add_argument("--force", action="store_true", help="redo finished work instead of reusing it")
@@ -105,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as e:
         msg = " ".join(str(e).split()) or e.__class__.__name__
         print(f"suti: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "ephemeral Prefect API server" not in str(e):
+            raise
+        import os
+
+        print(f"suti: error: Prefect's temporary API server did not start within "
+              f"{os.environ.get('PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS')} s (is the machine overloaded?); "
+              "retry, or point PREFECT_API_URL at a running `prefect server start`", file=sys.stderr)
         return 2
 
 

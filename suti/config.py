@@ -141,7 +141,7 @@ def setup_env(cfg: DictConfig) -> Path:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "suti")  # our progress lines reach the console and the UI
     # a busy 2-core machine can take longer than the default 20 s to start the ephemeral server
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
 

@@ -54,3 +54,20 @@ def test_wrong_values_are_one_line_errors(override, needle):
         compose([override])
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_error_inside_a_flow_ends_in_one_line_without_traceback(tmp_path):
+    """`suti train` before `suti filter`: the flow raises inside a task; Prefect's engine would log
+    the traceback, the CLI keeps only the message and exits 2."""
+    import os
+    import subprocess
+    import sys
+
+    suti = Path(sys.executable).with_name("suti")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([str(suti), "train", "profile=smoke", f"workdir={tmp_path / 'wd'}", "progress=false"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr[-3000:]
+    last = [x for x in p.stderr.splitlines() if x.strip()][-2:]
+    assert any(x.startswith("suti: error: missing artifact") and "suti filter" in x for x in last), last
