@@ -98,12 +98,22 @@ def _json_chunks(obj: Any) -> Iterator[bytes]:
 
 def _atomic_local_write(path: pathlib.Path, chunks: Iterable[bytes]) -> None:
     """Write ``chunks`` to ``path`` via temp file + fsync + os.replace (same directory)."""
+
+    def fill(fh) -> None:
+        for chunk in chunks:
+            fh.write(chunk)
+
+    _atomic_local_fill(path, fill)
+
+
+def _atomic_local_fill(path: pathlib.Path, fill) -> None:
+    """Let ``fill(fh)`` write a temp file beside ``path``; fsync it and rename it into place.
+    On any error the temp file is removed and ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -589,23 +599,14 @@ class S3Store(ArtifactStore):
     def get_file(self, key: str, local_path: str | os.PathLike) -> pathlib.Path:
         dest = pathlib.Path(local_path)
         s3key = self._s3key(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                try:
-                    self.client.download_fileobj(self.bucket, s3key, fh)
-                except self._boto_errors() as exc:
-                    raise self._error(exc, self.url(key)) from exc
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
+
+        def fill(fh) -> None:
             try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+                self.client.download_fileobj(self.bucket, s3key, fh)
+            except self._boto_errors() as exc:
+                raise self._error(exc, self.url(key)) from exc
+
+        _atomic_local_fill(dest, fill)
         return dest
 
 
