@@ -124,7 +124,7 @@ def finetune(unet, clip, clip_name: str, images: np.ndarray, texts: list[str], e
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     unet.eval()
     tail = losses[-max(1, len(losses) // 10):]
     return float(np.mean(tail)) if tail else float("nan")
