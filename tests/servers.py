@@ -31,11 +31,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None,
+                  log=None, name: str = "server") -> None:
     """Poll ``url`` until any HTTP answer arrives (an error status counts as up).
 
-    Raises RuntimeError if ``proc`` exits first or ``timeout`` seconds pass.
+    Raises RuntimeError if ``proc`` exits first or ``timeout`` seconds pass; with ``log`` (the
+    server's log file) the error names the server and ends with the log's last 2000 characters.
     """
+    try:
+        _poll_http(url, timeout, proc)
+    except RuntimeError as e:
+        if log is None:
+            raise
+        from pathlib import Path
+
+        pid = f" (pid {proc.pid})" if proc is not None else ""
+        raise RuntimeError(f"{name}{pid} did not start: {e}\n"
+                           f"{Path(log).read_text(errors='replace')[-2000:]}") from None
+
+
+def _poll_http(url: str, timeout: float, proc: subprocess.Popen | None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:

@@ -47,11 +47,7 @@ def mlflow_server(tmp: Path, artifacts_destination: str, env: dict, timeout: flo
     pid = proc.pid  # the server's own PID
     children: list = []
     try:
-        try:
-            wait_for_http(f"{url}/health", timeout=timeout, proc=proc)
-        except RuntimeError as e:
-            raise RuntimeError(f"mlflow server (pid {pid}) did not start: {e}\n"
-                               f"{(tmp / 'mlflow-server.log').read_text(errors='replace')[-2000:]}") from None
+        wait_for_http(f"{url}/health", timeout=timeout, proc=proc, log=tmp / "mlflow-server.log", name="mlflow server")
         children = psutil.Process(pid).children(recursive=True)  # its uvicorn, started by it
         yield url
     finally:

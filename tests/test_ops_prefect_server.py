@@ -101,11 +101,8 @@ def prefect_server(tmp: Path, timeout: float = 300) -> Iterator[PrefectServer]:
                             stdin=subprocess.DEVNULL)
     pid = proc.pid  # the server's own PID: the only process we stop
     try:
-        try:
-            wait_for_http(f"{url}/api/health", timeout=timeout, proc=proc)
-        except RuntimeError as e:
-            raise RuntimeError(f"prefect server (pid {pid}) did not start: {e}\n"
-                               f"{(tmp / 'prefect-server.log').read_text(errors='replace')[-2000:]}") from None
+        wait_for_http(f"{url}/api/health", timeout=timeout, proc=proc, log=tmp / "prefect-server.log",
+                      name="prefect server")
         yield PrefectServer(f"{url}/api", client_env(home, f"{url}/api"), home, pid)
     finally:
         stop_process(proc, grace=20)
