@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         kind, steps = item.split(":")
         sampling = {"scheduler": kind, "sample_steps": int(steps), "guidance": float(cfg.foundation.eval.guidance)}
         t0 = time.time()
-        ims = generate_base(unet, sc.clip, cfg.backbone.clip_config, prompts, _Obj(sampling), int(cfg.seed))
+        ims = generate_base(unet, sc.clip, cfg.backbone.clip_config, prompts, _Obj(sampling), int(cfg.seed),
+                            backbone=cfg.backbone)
         sec = time.time() - t0
         lab = sc.labels(ims)
         rows.append({"sampler": kind, "steps": int(steps), "images": len(ims),

@@ -107,6 +107,10 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
             s = E.score(sc, store, ims, [r for r in kp for _ in range(n)], [case.demos] * len(ims))
             ks[str(k)] = {kk: s[kk].tolist() for kk in SCORE_KEYS}
         result["kshot"] = ks
+        # the base model on the very prompts and seeds of the K-shot curve: what K = 0 must match
+        ims = E.base_images(cfg, ctx["base_unet"], ctx["clip"], kp, n, seeds[: len(kp)], text_key="text")
+        s = E.score(sc, store, ims, [r for r in kp for _ in range(n)], [case.demos] * len(ims))
+        result["kshot_base"] = {kk: s[kk].tolist() for kk in SCORE_KEYS}
         v2 = E.v2_records(case.described, cfg.seed)
         v2_seeds = E.seeds_for(case, len(v2), cfg.seed + 7)
         ims = E.apprentice_images(app, case, v2, n, v2_seeds, cfg, k=int(cfg.apprentice.demos))
@@ -132,12 +136,21 @@ def aggregate(results: list[dict]) -> dict:
         for k in results[0]["kshot"]:
             parts = [{kk: np.asarray(v) for kk, v in r["kshot"][k].items()} for r in results]
             kshot.append({"k": int(k), **E.mean_scores(parts)})
+    zero = None
+    if kshot and all("kshot_base" in r for r in results):
+        a = np.concatenate([r["kshot"]["0"]["identity"] for r in results])
+        b = np.concatenate([r["kshot_base"]["identity"] for r in results])
+        parts = [{kk: np.asarray(v) for kk, v in r["kshot_base"].items()} for r in results]
+        # paired by prompt and seed: the noise of the difference is its standard error
+        d = a - b
+        zero = {"base": E.mean_scores(parts), "identity_diff": float(d.mean()),
+                "identity_diff_se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None}
     v2 = []
     if all("v2" in r for r in results) and results:
         lv = np.concatenate([r["v2"]["levels"] for r in results])
         ov = np.concatenate([r["v2"]["overall"] for r in results])
         v2 = [{"level": int(l), "overall": float(ov[lv == l].mean())} for l in sorted(set(lv.tolist()))]
-    return {"table": table, "kshot": kshot, "v2_levels": v2}
+    return {"table": table, "kshot": kshot, "v2_levels": v2, "zero_demos_vs_base": zero}
 
 
 def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
@@ -163,6 +176,7 @@ def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
            "base_clip_t": get("base", "clip_t"),
            "kshot": [{"k": r["k"], "identity": r["identity"], "clip_t": r["clip_t"], "overall": r.get("overall")}
                      for r in agg.get("kshot", [])],
+           "zero_demos_vs_base": agg.get("zero_demos_vs_base"),
            "param_overhead": param_overhead}
     checks = {}
     if rep["gap_closed"] is not None:
@@ -172,6 +186,10 @@ def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
     if rep["clip_t"] is not None and rep["expert_clip_t"] is not None:
         checks["clip_t>=expert_clip_t-0.02"] = rep["clip_t"] >= rep["expert_clip_t"] - 0.02
     ks = {r["k"]: r for r in rep["kshot"]}
+    z = rep["zero_demos_vs_base"]
+    if z and z.get("identity_diff_se") is not None:
+        # "within noise": the paired difference is under two standard errors (or 0.01)
+        checks["zero_demos_match_base"] = abs(z["identity_diff"]) <= max(2 * z["identity_diff_se"], 0.01)
     if {1, 3} <= ks.keys():
         checks["identity_rises_1_to_3"] = ks[3]["identity"] > ks[1]["identity"]
     if {3, 5} <= ks.keys():

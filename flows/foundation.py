@@ -24,7 +24,8 @@ def train_model(model: str, cfg, store, images, scenes) -> dict:
     out = TRAINERS[model](cfg, store, images, scenes)
     out["seconds"] = round(time.time() - t0, 1)
     store.mark_done(f"foundation/{model}", {"seconds": out["seconds"], "loss": out["loss"],
-                                            "steps": int(cfg.foundation[model].steps)})
+                                            "steps": int(cfg.foundation[model].steps),
+                                            "recipe": F.recipe(cfg, model)})
     logger().info(f"trained {model} in {out['seconds']} s (loss {out['loss']:.4f})")
     return out
 
@@ -59,7 +60,11 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
     with mlflow_run(cfg, "foundation") as rid:
         for model in F.MODELS:
             meta = store.done_meta(f"foundation/{model}")
-            if meta is not None and meta.get("steps") == int(cfg.foundation[model].steps) and not force:
+            # reuse only what was trained with this recipe (stores from before recipes were
+            # recorded: the same number of steps)
+            same = (meta is not None and (meta["recipe"] == F.recipe(cfg, model) if "recipe" in meta
+                                          else meta.get("steps") == int(cfg.foundation[model].steps)))
+            if same and not force:
                 lg.info(f"{model}: finished earlier, reusing it")
                 seconds[model], losses[model] = meta["seconds"], meta["loss"]
                 reused.append(model)

@@ -185,7 +185,10 @@ class TinyBackbone(Backbone):
                 from suti.store import StoreError
 
                 raise StoreError(f"missing artifact: {store.url(key)} (run `suti foundation` first)")
+        from suti.tasks.foundation import check_schedule
+
         state = load_state(store, "foundation/base/model.pt")
+        check_schedule(cfg, state["meta"])
         unet = UNet2DConditionModel.from_config(state["meta"]["unet_config"])
         unet.load_state_dict(state["state_dict"])
         clip = build_clip(cfg.backbone.clip_config, image_size=int(unet.config.sample_size))

@@ -56,6 +56,35 @@ def guided_scheduler(kind: str, guidance: float, backbone=None):
     return make_scheduler(kind, thresholding=guidance >= 10, **kw)
 
 
+def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the network learns to predict at (x_t, t), per the scheduler's prediction type:
+    the noise (epsilon), the velocity v = sqrt(a) eps - sqrt(1-a) x0 (v_prediction) or x0 (sample)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+
+def diffusion_loss(scheduler, pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """Mean squared error against `training_target`, optionally with Min-SNR-gamma weighting
+    (Hang et al. 2023: each timestep's loss weighted by min(SNR, gamma) relative to the
+    prediction type's own weighting, so that easy low-noise steps do not dominate training)."""
+    err = (pred.float() - training_target(scheduler, x0, noise, t).float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
+    if min_snr_gamma and min_snr_gamma > 0:
+        ab = scheduler.alphas_cumprod.to(t.device)[t].float()
+        snr = ab / (1 - ab)
+        w = snr.clamp(max=min_snr_gamma)
+        kind = scheduler.config.prediction_type
+        w = w / (snr + 1) if kind == "v_prediction" else (w / snr if kind == "epsilon" else w)
+        err = err * w
+    return err.mean()
+
+
 def training_scheduler(backbone: DictConfig):
     return make_scheduler("ddpm", backbone.num_train_timesteps, backbone.get("beta_schedule", "squaredcos_cap_v2"),
                           backbone.get("prediction_type", "epsilon"))
@@ -64,7 +93,8 @@ def training_scheduler(backbone: DictConfig):
 @torch.no_grad()
 def sample(denoise: Callable, cond, uncond, shape: tuple, scheduler, steps: int, guidance: float,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Classifier-free guided sampling. `denoise(x, t, c)` returns eps; `cond`/`uncond` are
+    """Classifier-free guided sampling. `denoise(x, t, c)` returns the model output (eps, v or
+    x0, as the scheduler's prediction_type says; guidance is linear in all three); `cond`/`uncond` are
     whatever `denoise` accepts (stacked along batch when guidance is used).
     Returns samples in [-1, 1]."""
     x = torch.randn(shape, generator=generator)

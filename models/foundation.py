@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suti.models.clip import clip_loss, image_pixels, text_hidden_states
+from suti.models.diffusion import diffusion_loss
 from suti.models.convnet import ConvTrunk, to_unit
 from suti.world import vocab as V
 
@@ -63,6 +64,19 @@ class BatchStream(torch.utils.data.IterableDataset):
 
 def loader(make_batch, seed: int):
     return torch.utils.data.DataLoader(BatchStream(make_batch, seed), batch_size=None, num_workers=0)
+
+
+def jitter(images: np.ndarray, rng: np.random.Generator, shift: int) -> np.ndarray:
+    """Each image moved by up to `shift` pixels in x and y (edges repeated): the rater sees
+    subjects a little off their usual spot, so it learns shapes rather than pixel positions
+    of the training subjects (measured without it: class accuracy 0.98 on training renders,
+    0.86 on held-out subjects)."""
+    if shift <= 0:
+        return images
+    n, r = len(images), images.shape[1]
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    dx, dy = rng.integers(0, 2 * shift + 1, (2, n))
+    return np.stack([padded[i, dy[i]:dy[i] + r, dx[i]:dx[i] + r] for i in range(n)])
 
 
 def corrupt(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -198,7 +212,8 @@ class BaseLit(_Lit):
     """Pixel-space text-to-image UNet on the frozen tiny CLIP text tower (Imagen's recipe:
     a frozen text encoder, generic captions only)."""
 
-    def __init__(self, unet, clip, noise_scheduler, lr: float, max_steps: int, ema_decay: float = 0.999):
+    def __init__(self, unet, clip, noise_scheduler, lr: float, max_steps: int, ema_decay: float = 0.999,
+                 min_snr_gamma: float = 0.0):
         super().__init__()
         import copy
 
@@ -206,6 +221,7 @@ class BaseLit(_Lit):
         self.clip = [clip]  # a list: frozen, and not part of this module's state_dict
         self.noise_scheduler = noise_scheduler
         self.ema_decay = ema_decay
+        self.min_snr_gamma = min_snr_gamma
         # EMA of the weights: what gets saved and sampled (sharper samples from short runs)
         self.ema = [copy.deepcopy(unet).requires_grad_(False)] if ema_decay else None
 
@@ -230,7 +246,7 @@ class BaseLit(_Lit):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(x0),))
         xt = self.noise_scheduler.add_noise(x0, noise, t)
-        loss = F.mse_loss(self.unet(xt, t, states).sample, noise)
+        loss = diffusion_loss(self.noise_scheduler, self.unet(xt, t, states).sample, x0, noise, t, self.min_snr_gamma)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -42,12 +42,12 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mlflow.pyfunc import PythonModel
 from omegaconf import DictConfig, OmegaConf
 
 from suti.models.apprentice import ApprenticeConfig, ApprenticeUNet, DemoMemory
 from suti.models.backbone import Backbone, load_backbone, load_exported, sample_cfg
+from suti.models.diffusion import diffusion_loss
 
 log = logging.getLogger("suti.apprentice")
 
@@ -306,12 +306,8 @@ class ApprenticeLit(L.LightningModule):
         n_train = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, n_train, (b,), generator=g, device=self.device)
         xt = self.noise_scheduler.add_noise(x0, noise, t)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(x0, noise, t)
-        else:
-            target = noise
         pred = self.app(xt, t, text, memory)
-        loss = F.mse_loss(pred.float(), target.float())
+        loss = diffusion_loss(self.noise_scheduler, pred, x0, noise, t)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         return loss
 

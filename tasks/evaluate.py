@@ -129,11 +129,12 @@ def oracle_images(case: SubjectCase, recs: list[dict], n: int, seeds: list[int],
                      for r, s in zip(recs, seeds) for k in range(n)])
 
 
-def base_images(cfg, base_unet, clip, recs: list[dict], n: int, seeds: list[int]) -> np.ndarray:
+def base_images(cfg, base_unet, clip, recs: list[dict], n: int, seeds: list[int], text_key: str = "class_text") -> np.ndarray:
+    """The base model on each record's `text_key` (the class-word prompt for Table 1's row)."""
     from suti.tasks.experts import sample_prompts
 
-    out = [sample_prompts(base_unet, clip, cfg.backbone.clip_config, [r["class_text"]], n, cfg.eval.scheduler,
-                          cfg.eval.sample_steps, cfg.eval.guidance, s) for r, s in zip(recs, seeds)]
+    out = [sample_prompts(base_unet, clip, cfg.backbone.clip_config, [r[text_key]], n, cfg.eval.scheduler,
+                          cfg.eval.sample_steps, cfg.eval.guidance, s, cfg.backbone) for r, s in zip(recs, seeds)]
     return np.concatenate(out)
 
 

@@ -18,14 +18,13 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 from pydantic import BaseModel
 
 from suti.models.clip import text_hidden_states, tokenizer
 from suti.models.convnet import to_unit
-from suti.models.diffusion import guided_scheduler, sample, to_uint8, training_scheduler
+from suti.models.diffusion import diffusion_loss, guided_scheduler, sample, to_uint8, training_scheduler
 from suti.world.corpus import png_bytes
 from suti.world.scene import stable_seed
 
@@ -120,7 +119,7 @@ def finetune(unet, clip, clip_name: str, images: np.ndarray, texts: list[str], e
         x0 = x_all[idx]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=g)
-        loss = F.mse_loss(unet(sched.add_noise(x0, noise, t), t, states[idx]).sample, noise)
+        loss = diffusion_loss(sched, unet(sched.add_noise(x0, noise, t), t, states[idx]).sample, x0, noise, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,8 +130,9 @@ def finetune(unet, clip, clip_name: str, images: np.ndarray, texts: list[str], e
 
 
 def sample_prompts(unet, clip, clip_name: str, prompts: list[str], n_per_prompt: int, kind: str, steps: int,
-                   guidance: float, seed: int) -> np.ndarray:
-    """Sample `n_per_prompt` images for each prompt with classifier-free guidance."""
+                   guidance: float, seed: int, backbone=None) -> np.ndarray:
+    """Sample `n_per_prompt` images for each prompt with classifier-free guidance
+    (`backbone`: its schedule and prediction type)."""
     tok = tokenizer(clip_name)
     texts = [p for p in prompts for _ in range(n_per_prompt)]
     with torch.no_grad():
@@ -141,7 +141,7 @@ def sample_prompts(unet, clip, clip_name: str, prompts: list[str], n_per_prompt:
     res = unet.config.sample_size
     g = torch.Generator().manual_seed(seed)
     x = sample(lambda x, t, c: unet(x, t, c).sample, cond, uncond, (len(texts), 3, res, res),
-               guided_scheduler(kind, guidance), steps, guidance, g)
+               guided_scheduler(kind, guidance, backbone), steps, guidance, g)
     return to_uint8(x)
 
 
@@ -170,7 +170,7 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip,
     t1 = time.time()
     prompt_texts = [p["text"] for p in spec.prompts]
     samples = sample_prompts(unet, clip, cfg.backbone.clip_config, prompt_texts, n_per,
-                             ecfg.scheduler, ecfg.sample_steps, ecfg.guidance, seed + 1)
+                             ecfg.scheduler, ecfg.sample_steps, ecfg.guidance, seed + 1, cfg.backbone)
     sample_s = time.time() - t1
     records = []
     for j, img in enumerate(samples):

@@ -52,7 +52,7 @@ def check_experts(cfg, store, n_clusters: int = 30) -> dict:
         ps = [s["prompt_record"] for s in rec["samples"]]
         exp = np.stack([read_image(store, s["key"], R) for s in rec["samples"]])
         bas = sample_prompts(base, clip, cfg.backbone.clip_config, [class_prompt(subj, p) for p in ps], 1,
-                             rec["scheduler"], rec["sample_steps"], rec["guidance"], rec["seed"] + 1)
+                             rec["scheduler"], rec["sample_steps"], rec["guidance"], rec["seed"] + 1, cfg.backbone)
         real = np.stack([render(Scene(subj, p.get("context") or "studio", p.get("view") or "front",
                                       tuple(p.get("edits") or ()), tuple(p.get("accessories") or ()),
                                       p.get("style") or "photo", s["seed"] + s["index"]), R)
@@ -65,11 +65,13 @@ def check_experts(cfg, store, n_clusters: int = 30) -> dict:
     ie, ib, ir = (identity_scores(sc, x, demo_sets) for x in (E, B, Rr))
     je = judge(sc, store, E, prompts, demo_sets)
     jb = judge(sc, store, B, prompts, demo_sets)
+    jr = judge(sc, store, Rr, prompts, demo_sets)  # the rater's ceiling on these prompts
     gap = float(ir.mean() - ib.mean())
     out = {"clusters": len(recs), "samples": int(len(E)),
            "identity_expert": float(ie.mean()), "identity_base": float(ib.mean()), "identity_real": float(ir.mean()),
            "gap_closed": float((ie.mean() - ib.mean()) / gap) if abs(gap) > 1e-6 else None,
            "text_expert": float(je["text"].mean()), "text_base": float(jb["text"].mean()),
+           "text_real": float(jr["text"].mean()), "overall_real": float(jr["overall"].mean()),
            "overall_expert": float(je["overall"].mean()), "overall_base": float(jb["overall"].mean()),
            "clip_t_expert": float(sc.clip_t(E, [p["text"] for p in prompts]).mean())}
     buf = io.BytesIO()

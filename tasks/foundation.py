@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from suti.models.clip import build_clip, text_hidden_states, tokenizer
 from suti.models.diffusion import build_unet, guided_scheduler, sample, to_uint8, training_scheduler
 from suti.models.foundation import (BaseLit, ClipLit, IdentityLit, IdentityNet, RaterLit, RaterNet, corrupt, fit,
-                                    loader, scene_targets)
+                                    jitter, loader, scene_targets)
 from suti.models.scorers import Scorers, load_state, save_module
 from suti.world.corpus import WorldConfig, rng_for
 from suti.world.render import grid, render
@@ -26,6 +26,25 @@ from suti.world.scene import Scene, generic_caption, random_scene, scene_from_di
 
 log = logging.getLogger("suti.foundation")
 MODELS = ("clip", "identity", "rater", "base")
+
+
+def recipe(cfg: DictConfig, model: str) -> dict:
+    """What a trained foundation model depends on (its training section, and for the base
+    model the UNet and noise schedule): a finished model is reused only while this is unchanged."""
+    from omegaconf import OmegaConf
+
+    out = {"train": OmegaConf.to_container(cfg.foundation[model], resolve=True), "seed": int(cfg.seed)}
+    if model == "base":
+        out["unet"] = OmegaConf.to_container(cfg.backbone.unet, resolve=True)
+        out["schedule"] = schedule(cfg)
+    return out
+
+
+def schedule(cfg: DictConfig) -> dict:
+    b = cfg.backbone
+    return {"num_train_timesteps": int(b.num_train_timesteps),
+            "beta_schedule": str(b.get("beta_schedule", "squaredcos_cap_v2")),
+            "prediction_type": str(b.get("prediction_type", "epsilon"))}
 
 
 def load_pretrain(store) -> tuple[np.ndarray, list[dict]]:
@@ -86,7 +105,7 @@ def train_rater(cfg: DictConfig, store, images, scenes) -> dict:
 
     def batch(rng):
         idx = rng.integers(0, len(images), c.batch_size)
-        ims = images[idx]
+        ims = jitter(images[idx], rng, int(c.get("shift", 0)))
         fake = corrupt(ims[: c.batch_size // 2], rng)
         real_label = torch.cat([torch.ones(len(ims)), torch.zeros(len(fake))])
         return (torch.as_tensor(ims), {k: torch.as_tensor(v[idx]) for k, v in targets.items()},
@@ -114,11 +133,13 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
         caps = [("" if rng.random() < c.uncond_prob else cap) for cap in _captions(scenes, idx, rng, c.caption_drop)]
         return torch.as_tensor(images[idx]), tok(caps)
 
-    lit = BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps, float(c.get("ema_decay", 0.999)))
+    lit = BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps, float(c.get("ema_decay", 0.999)),
+                  float(c.get("min_snr_gamma", 0.0)))
     loss = fit(lit, loader(batch, cfg.seed + 4), c.steps, cfg.progress, name="base")
     unet = lit.final_unet()
     save_module(store, "foundation/base/model.pt", unet,
-                {"unet_config": dict(unet.config), "loss": loss, "text_encoder": "foundation/clip/model.pt"})
+                {"unet_config": dict(unet.config), "loss": loss, "text_encoder": "foundation/clip/model.pt",
+                 "schedule": schedule(cfg)})
     return {"loss": loss}
 
 
@@ -126,15 +147,29 @@ def load_base_unet(cfg: DictConfig, store):
     from diffusers import UNet2DConditionModel
 
     state = load_state(store, "foundation/base/model.pt")
+    check_schedule(cfg, state["meta"])
     unet = UNet2DConditionModel.from_config(state["meta"]["unet_config"])
     unet.load_state_dict(state["state_dict"])
     return unet.eval()
 
 
-def generate_base(unet, clip, clip_name: str, prompts: list[str], cfg_sampling, seed: int, batch: int = 50) -> np.ndarray:
-    """Sample one image per prompt from a text-conditioned UNet with CFG."""
+def check_schedule(cfg: DictConfig, meta: dict) -> None:
+    """A base model sampled with another prediction type than it learned makes noise: refuse."""
+    from suti.store import StoreError
+
+    trained = (meta.get("schedule") or {}).get("prediction_type", "epsilon")
+    wanted = schedule(cfg)["prediction_type"]
+    if trained != wanted:
+        raise StoreError(f"the stored base model predicts {trained!r} but backbone.prediction_type is {wanted!r}: "
+                         f"run `suti foundation --force` or set backbone.prediction_type={trained}")
+
+
+def generate_base(unet, clip, clip_name: str, prompts: list[str], cfg_sampling, seed: int, batch: int = 50,
+                  backbone=None) -> np.ndarray:
+    """Sample one image per prompt from a text-conditioned UNet with CFG (`backbone`: its
+    schedule and prediction type; the default schedule when None)."""
     tok = tokenizer(clip_name)
-    sched = guided_scheduler(cfg_sampling.scheduler, cfg_sampling.guidance)
+    sched = guided_scheduler(cfg_sampling.scheduler, cfg_sampling.guidance, backbone)
     res = unet.config.sample_size
     out = []
     for i in range(0, len(prompts), batch):
@@ -216,7 +251,8 @@ def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dic
         if unet is None:
             continue
         t0 = time.time()
-        ims_g = generate_base(unet, sc.clip, cfg.backbone.clip_config, prompts, cfg.foundation.eval, cfg.seed)
+        ims_g = generate_base(unet, sc.clip, cfg.backbone.clip_config, prompts, cfg.foundation.eval, cfg.seed,
+                              backbone=cfg.backbone)
         lab = sc.labels(ims_g)
         res[name] = {"class_acc": float(np.mean([p["cls"] == s.subject.cls for p, s in zip(lab, ps)])),
                      "context_acc": float(np.mean([p["context"] == s.context for p, s in zip(lab, ps)])),

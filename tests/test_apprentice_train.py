@@ -216,7 +216,8 @@ def test_zero_demos_is_the_base_model(trained):
     assert all(np.array_equal(a, b) for a, b in zip(got, ref))
     # The foundation's own sampler (CFG as two UNet calls, not one batch): same up to float noise.
     fb = generate_base(base_bb.unet, base_bb.clip, base_bb.clip_name, ["a teddy bear on the beach"] * 2,
-                       OmegaConf.create({"scheduler": "dpm", "sample_steps": 3, "guidance": 5.0}), seed=5)
+                       OmegaConf.create({"scheduler": "dpm", "sample_steps": 3, "guidance": 5.0}), seed=5,
+                       backbone=cfg.backbone)
     assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(got, fb)) <= 6
     # Demos do act once the gates are open (the equality above is not vacuous).
     demos = [read_rgb(store, k) for k in row["demo_keys"][:3]]

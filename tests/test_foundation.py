@@ -67,3 +67,55 @@ def test_rerun_reuses_finished_models(smoke):
     ov, cfg, store = smoke
     rep = foundation_flow(overrides=ov)
     assert set(rep["reused"]) == set(MODELS)
+
+
+def test_training_target_follows_the_prediction_type():
+    import torch
+
+    from suti.models.diffusion import diffusion_loss, make_scheduler, training_target
+
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8)
+    t = torch.tensor([5, 200, 600, 990])
+    for kind in ("epsilon", "v_prediction", "sample"):
+        s = make_scheduler("ddpm", prediction_type=kind)
+        xt = s.add_noise(x0, noise, t)
+        target = training_target(s, x0, noise, t)
+        a = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+        # whatever the target, x0 comes back from (x_t, target) by the scheduler's own algebra
+        if kind == "epsilon":
+            rec = (xt - (1 - a).sqrt() * target) / a.sqrt()
+        elif kind == "v_prediction":
+            rec = a.sqrt() * xt - (1 - a).sqrt() * target
+        else:
+            rec = target
+        assert torch.allclose(rec[:3], x0[:3], atol=1e-3), kind
+        assert float(diffusion_loss(s, target, x0, noise, t)) < 1e-10
+        assert float(diffusion_loss(s, target + 1, x0, noise, t)) > 0.99
+
+
+def test_min_snr_weighting_damps_low_noise_steps():
+    import torch
+
+    from suti.models.diffusion import diffusion_loss, make_scheduler
+
+    s = make_scheduler("ddpm", prediction_type="v_prediction")
+    x0, noise = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    pred = torch.ones(2, 3, 4, 4)  # the same error at both timesteps
+    low, high = torch.tensor([2, 2]), torch.tensor([900, 900])
+    plain = float(diffusion_loss(s, pred, x0, noise, low))
+    assert float(diffusion_loss(s, pred, x0, noise, low, min_snr_gamma=5)) < 0.1 * plain
+    # at high noise (SNR < gamma) v-prediction's Min-SNR weight is SNR / (SNR + 1) < 1, not 0
+    w_high = float(diffusion_loss(s, pred, x0, noise, high, min_snr_gamma=5))
+    assert 0.0 < w_high < 1.0
+
+
+def test_rater_jitter_moves_images_within_bounds():
+    from suti.models.foundation import jitter
+
+    ims = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    out = jitter(ims, rng, 2)
+    assert out.shape == ims.shape and out.dtype == ims.dtype
+    assert not np.array_equal(out, ims)
+    assert np.array_equal(jitter(ims, rng, 0), ims)
