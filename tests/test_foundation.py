@@ -67,6 +67,22 @@ def test_rerun_reuses_finished_models(smoke):
     ov, cfg, store = smoke
     rep = foundation_flow(overrides=ov)
     assert set(rep["reused"]) == set(MODELS)
+    # the checks of these very models are reused too, without registering them again
+    import mlflow
+
+    from suti.tracking import setup_tracking
+
+    setup_tracking(cfg)
+    versions = {m: len(mlflow.MlflowClient().search_model_versions(f"name='suti-{m}'")) for m in MODELS}
+    again = foundation_flow(overrides=ov)
+    assert again["checks_reused"] and again["base"] == rep["base"]
+    assert versions == {m: len(mlflow.MlflowClient().search_model_versions(f"name='suti-{m}'")) for m in MODELS}
+    # a changed recipe is not reused: the rater retrains, the others stay
+    changed = foundation_flow(overrides=[*ov, "foundation.rater.shift=1"])
+    assert "rater" not in changed["reused"] and set(changed["reused"]) == set(MODELS) - {"rater"}
+    assert not changed.get("checks_reused")
+    restored = foundation_flow(overrides=ov)  # the session's shared store back to the default recipe
+    assert set(restored["reused"]) == set(MODELS) - {"rater"}
 
 
 def test_training_target_follows_the_prediction_type():
