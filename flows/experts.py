@@ -29,12 +29,13 @@ def _runtime(cfg_dict: dict, store_uri: str, endpoint: str | None):
 
 
 @task(name="expert", task_run_name="expert-{spec.cluster_id}", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def train_expert(spec: ExpertSpec, cfg_dict: dict, store_uri: str, endpoint: str | None = None) -> ExpertResult:
+def train_expert(spec: ExpertSpec, cfg_dict: dict, store_uri: str, endpoint: str | None = None,
+                 root: str = "experts") -> ExpertResult:
     cfg, store, base_state, clip = _runtime(cfg_dict, store_uri, endpoint)
     fail = os.environ.get("SUTI_FAIL_EXPERT")  # fault injection for the isolation test
     if fail and fail == spec.cluster_id:
         raise RuntimeError(f"injected failure for expert {spec.cluster_id}")
-    res = run_expert(spec, cfg, store, base_state, clip)
+    res = run_expert(spec, cfg, store, base_state, clip, root=root)
     logger().info(f"expert {spec.cluster_id}: {res.status}, {res.samples} samples "
                   f"(train {res.train_seconds}s, sample {res.sample_seconds}s)")
     return res
@@ -51,7 +52,7 @@ def task_runner(cfg: DictConfig):
     return ThreadPoolTaskRunner(max_workers=int(cfg.num_workers))
 
 
-def run_specs(specs: list[ExpertSpec], cfg: DictConfig, store) -> list[ExpertResult]:
+def run_specs(specs: list[ExpertSpec], cfg: DictConfig, store, root: str = "experts") -> list[ExpertResult]:
     """Map experts over the configured task runner; failures become `failed` results."""
     import torch
 
@@ -64,14 +65,15 @@ def run_specs(specs: list[ExpertSpec], cfg: DictConfig, store) -> list[ExpertRes
 
     @flow(name="experts-map", task_runner=task_runner(cfg))
     def _map():
-        futures = train_expert.map(specs, cfg_dict=unmapped(cfg_dict), store_uri=uri, endpoint=endpoint)  # a dict would be mapped over
+        futures = train_expert.map(specs, cfg_dict=unmapped(cfg_dict), store_uri=uri, endpoint=endpoint,
+                                   root=unmapped(root))  # a dict or a str would be mapped over
         out = []
         for spec, fut in zip(specs, futures):
             try:
                 out.append(fut.result())
             except Exception as e:  # isolated: recorded, the others go on
                 msg = " ".join(str(e).split())[:300]
-                store.put_json(f"experts/{spec.cluster_id}/failed.json", {"error": msg})
+                store.put_json(f"{root}/{spec.cluster_id}/failed.json", {"error": msg})
                 out.append(ExpertResult(cluster_id=spec.cluster_id, status="failed", error=msg))
         return out
 
@@ -141,7 +143,12 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
         else:
             results = run_specs(specs, cfg, store)
         wall = time.time() - t0
-        report = summarize(results, wall, cfg)
+        report = summarize(results, wall, cfg, store)
+        other = compare_method(cfg, store, specs)
+        if other:
+            report["seconds_per_expert"][other["method"]] = other["seconds_per_expert"]
+            report["experts_per_hour"][other["method"]] = other["experts_per_hour"]
+            report["compare"] = other
         report["mlflow_run_id"] = rid
         if cfg.expert.get("check", True):
             from suti.tasks.experts_check import check_experts
@@ -153,7 +160,10 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
                 store.put_bytes("experts/examples/grid.png", grid_png)
                 log_bytes(rid, grid_png, "examples", "experts_grid.png")
             report["check"] = check
+            report["gap_closed"], report["text_score"] = check.get("gap_closed"), check.get("text_expert")
         log_metrics(rid, {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        log_metrics(rid, {f"{k}.{m}": v for k in ("seconds_per_expert", "experts_per_hour")
+                          for m, v in report[k].items() if v is not None})
         if "check" in report:
             log_metrics(rid, {f"check.{k}": v for k, v in report["check"].items() if isinstance(v, (int, float))})
         log_json(rid, report, "experts.json")
@@ -161,28 +171,79 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
     create_markdown_artifact(key="experts-summary", markdown=_markdown(report))
     path = write_report(cfg, "experts", report)
     lg.info(f"experts: {report['trained']} trained, {report['reused']} reused, {report['failed']} failed; "
-            f"{report['seconds_per_expert']:.1f} s/expert; report {path}")
+            f"{report['seconds_per_expert'][cfg.expert.method]:.1f} s/expert; report {path}")
     return report
 
 
-def summarize(results: list[ExpertResult], wall: float, cfg: DictConfig) -> dict:
+def summarize(results: list[ExpertResult], wall: float, cfg: DictConfig, store=None) -> dict:
+    """Counts and speed. Seconds per expert come from every finished expert's record (reused
+    ones too); experts per hour from the wall clock of the run that trained them all (kept in
+    the store, so that a rerun that reuses them reports the same throughput)."""
     trained = [r for r in results if r.status == "trained"]
-    per = [r.train_seconds + r.sample_seconds for r in trained]
+    done = [r for r in results if r.status != "failed"]
+    per = [r.train_seconds + r.sample_seconds for r in done]
     spe = float(sum(per) / len(per)) if per else 0.0
+    method = str(cfg.expert.method)
+    eph = 3600.0 * len(trained) / wall if trained and wall > 0 else None
+    key = "experts/throughput.json"
+    if store is not None:
+        if trained and len(trained) == len(done):
+            store.put_json(key, {"method": method, "experts": len(trained), "wall_seconds": round(wall, 1),
+                                 "experts_per_hour": eph, "workers": int(cfg.num_workers)})
+        elif store.exists(key) and store.get_json(key).get("method") == method and not trained:
+            eph = store.get_json(key)["experts_per_hour"]
     return {"experts": len(results), "trained": len(trained), "reused": sum(r.status == "reused" for r in results),
             "failed": sum(r.status == "failed" for r in results),
             "failed_ids": [r.cluster_id for r in results if r.status == "failed"],
-            "samples": sum(r.samples for r in results), "method": cfg.expert.method, "steps": int(cfg.expert.steps),
-            "seconds_per_expert": spe, "train_seconds_per_expert": float(sum(r.train_seconds for r in trained) / max(1, len(trained))),
-            "sample_seconds_per_expert": float(sum(r.sample_seconds for r in trained) / max(1, len(trained))),
-            "wall_seconds": round(wall, 1), "workers": int(cfg.num_workers),
-            "experts_per_hour": 3600.0 * len(trained) / wall if trained and wall > 0 else 0.0}
+            "samples": sum(r.samples for r in results), "method": method, "steps": int(cfg.expert.steps),
+            "seconds_per_expert": {method: spe}, "experts_per_hour": {method: eph},
+            "train_seconds_per_expert": float(sum(r.train_seconds for r in done) / max(1, len(done))),
+            "sample_seconds_per_expert": float(sum(r.sample_seconds for r in done) / max(1, len(done))),
+            "wall_seconds": round(wall, 1), "workers": int(cfg.num_workers)}
+
+
+def compare_method(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | None:
+    """The other fine-tuning method (full <-> LoRA) timed on the first `expert.compare_clusters`
+    clusters with the same runner and workers, so the report has both methods' speed. Its
+    outputs go to a scratch root and are deleted; the figures are kept and reused while the
+    expert config and the base model are unchanged."""
+    import hashlib
+    import json
+
+    n = int(cfg.expert.get("compare_clusters", 2) or 0)
+    if n <= 0 or not specs or cfg.expert.get("runner", "thread") == "deployment":
+        return None
+    other = "lora" if cfg.expert.method == "full" else "full"
+    ecfg = OmegaConf.to_container(cfg.expert, resolve=True)
+    ecfg.pop("method")
+    fp = hashlib.sha256(json.dumps([ecfg, store.done_meta("foundation/base"), int(cfg.num_workers),
+                                    [s.cluster_id for s in specs[:n]]], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key, root = f"experts-compare/{other}.json", f"experts-compare/{other}"
+    if store.exists(key) and store.get_json(key).get("fingerprint") == fp:
+        return store.get_json(key)
+    logger().info(f"timing {other} experts on {min(n, len(specs))} clusters beside the {cfg.expert.method} ones")
+    store.delete(root)
+    ocfg = OmegaConf.merge(cfg, {"expert": {"method": other}})
+    t0 = time.time()
+    res = [r for r in run_specs(specs[:n], ocfg, store, root=root) if r.status == "trained"]
+    wall = time.time() - t0
+    store.delete(root)
+    if not res:
+        return None
+    out = {"method": other, "experts": len(res), "workers": int(cfg.num_workers), "fingerprint": fp,
+           "seconds_per_expert": float(sum(r.train_seconds + r.sample_seconds for r in res) / len(res)),
+           "experts_per_hour": 3600.0 * len(res) / wall}
+    store.put_json(key, out)
+    return out
 
 
 def _markdown(r: dict) -> str:
     lines = ["| figure | value |", "|---|---|"]
-    for k in ("experts", "trained", "reused", "failed", "samples", "method", "seconds_per_expert", "experts_per_hour"):
+    for k in ("experts", "trained", "reused", "failed", "samples", "method"):
         lines.append(f"| {k} | {r[k]} |")
+    for k in ("seconds_per_expert", "experts_per_hour"):
+        for m, v in r[k].items():
+            lines.append(f"| {k} ({m}) | {'-' if v is None else f'{v:.1f}'} |")
     for k, v in (r.get("check") or {}).items():
         if isinstance(v, (int, float)):
             lines.append(f"| check.{k} | {v:.3f} |")

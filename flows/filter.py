@@ -50,8 +50,8 @@ def kept_vs_dropped(cfg, store, rows: list[dict], lam: float) -> dict:
     for part in ("overall", "subject", "text", "photorealism"):
         res[f"{part}_kept"] = float(j[part][kept].mean()) if kept.any() else None
         res[f"{part}_dropped"] = float(j[part][~kept].mean()) if (~kept).any() else None
-    if res["overall_kept"] is not None and res["overall_dropped"] is not None:
-        res["overall_gain"] = res["overall_kept"] - res["overall_dropped"]
+    both = res["overall_kept"] is not None and res["overall_dropped"] is not None
+    res["overall_gain"] = res["overall_kept"] - res["overall_dropped"] if both else None  # None: one side empty
     return res
 
 
@@ -73,7 +73,11 @@ def filter_flow(overrides: list[str] | None = None, force: bool = False) -> dict
         store.put_bytes("filter/delta_histogram.png", hist)
         log_bytes(rid, hist, "plots", "delta_histogram.png")
         kd = kept_vs_dropped(cfg, store, rows, lam) if rows else {}
-        report = {"samples": len(rows), "lambda": lam, "sizes": sizes, "sweep_sizes": sweep_sizes,
+        report = {"samples": len(rows), "lambda": lam,
+                  # |G(lambda)| by lambda ("none": no filter), the key our checks read
+                  "sizes": {("none" if s["lambda"] is None else str(s["lambda"])): s["size"] for s in sizes},
+                  "size_list": sizes, "sweep_sizes": sweep_sizes,
+                  "kept_minus_dropped_overall": kd.get("overall_gain"),
                   "non_increasing": all(a["size"] >= b["size"] for a, b in zip(sizes, sizes[1:])),
                   "delta_mean": float(np.mean([r["delta"] for r in rows])) if rows else None,
                   "delta_quantiles": {q: float(np.quantile([r["delta"] for r in rows], q)) for q in (0.1, 0.5, 0.9)} if rows else {},

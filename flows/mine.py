@@ -139,6 +139,9 @@ def mine_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     check = M.check_against_truth(store, clusters)  # evaluation only: the report's check
     pstats = prompt_stats(prompts)
     report = {
+        # the keys our checks read, then the detail
+        "clusters_total": manifest["counts"]["candidate_clusters"], "clusters_kept": manifest["counts"]["kept"],
+        "prompts_per_skill": pstats["per_skill"],
         "counts": manifest["counts"], "band": manifest["band"], "band_auto": manifest["band_auto"],
         "band_rule": manifest["band_rule"], "calibration": manifest["calibration"],
         "purity": check["purity"], "recall": check["recall"], "brand_kept": check["brand_kept"], "truth_check": check,

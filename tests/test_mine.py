@@ -120,6 +120,10 @@ def test_flow_writes_complete_sharded_outputs(mined):
         assert key in rep
     assert rep["prompts_repeated_within_cluster"] == 0
     assert store.exists("mine/examples/clusters.png") and not rep["reused"]
+    # the keys the checks read
+    assert rep["clusters_total"] == rep["counts"]["candidate_clusters"] >= rep["clusters_kept"] == rep["counts"]["kept"] > 0
+    assert set(rep["prompts_per_skill"]) == {"recontextualization", "attribute_edit", "style", "accessorization",
+                                             "view_change"}
 
 
 def test_band_calibration_is_recorded(mined):

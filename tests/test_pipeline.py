@@ -29,11 +29,18 @@ def test_experts_outputs_and_records(engine):
         assert all(store.exists(s["key"]) for s in r["samples"])
     rep = json.loads((Path(cfg.reports_dir) / "experts.json").read_text())
     assert rep["trained"] + rep["reused"] + rep["failed"] == rep["experts"] and rep["failed"] == 0
+    # both methods' speed (the other one timed beside on compare_clusters), and the check's figures on top
+    assert set(rep["seconds_per_expert"]) == set(rep["experts_per_hour"]) == {"full", "lora"}
+    assert all(v > 0 for v in rep["seconds_per_expert"].values()) and rep["compare"]["method"] == "lora"
+    assert rep["gap_closed"] == rep["check"]["gap_closed"] and rep["text_score"] == rep["check"]["text_expert"]
+    assert store.list("experts-compare") == ["experts-compare/lora.json"]  # the timing run's outputs are not kept
 
 
 def test_filter_sizes_non_increasing(engine):
     ov, cfg, store, rep = engine
-    sizes = [s["size"] for s in rep["sizes"]]
+    sizes = [s["size"] for s in rep["size_list"]]
+    assert list(rep["sizes"].values()) == sizes and "none" in rep["sizes"]
+    assert rep["kept_minus_dropped_overall"] == rep["kept_vs_dropped"]["overall_gain"]
     assert sizes[0] == rep["samples"] > 0
     assert all(a >= b for a, b in zip(sizes, sizes[1:]))
     assert store.exists("filter/delta_histogram.png")
