@@ -75,6 +75,13 @@ def validate(cfg: DictConfig) -> None:
     for model in ("clip", "identity", "rater", "base"):
         _num(cfg, f"foundation.{model}.steps", 0, None, True)
         _num(cfg, f"foundation.{model}.lr", 0)
+    _num(cfg, "foundation.base.min_snr_gamma", 0)
+    _num(cfg, "foundation.rater.shift", 0, 16, True)
+    if cfg.backbone.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction", "sample"):
+        raise ConfigError(f"backbone.prediction_type must be epsilon, v_prediction or sample, "
+                          f"got {cfg.backbone.prediction_type!r}")
+    _num(cfg, "expert.samples_per_prompt", 1, None, True)
+    _num(cfg, "expert.compare_clusters", 0, None, True)
     _num(cfg, "expert.steps", 0, None, True)
     _num(cfg, "expert.lr", 0)
     _num(cfg, "expert.guidance", 0)

@@ -48,6 +48,10 @@ def test_file_store_uri_is_absolute(tmp_path):
     ("expert.method=qlora", "expert.method must be full or lora"),
     ("storage.uri=ftp://x", "storage.uri must be"),
     ("nosuchkey=1", "nosuchkey"),
+    ("backbone.prediction_type=v", "backbone.prediction_type must be"),
+    ("foundation.base.min_snr_gamma=-1", "foundation.base.min_snr_gamma must be >= 0"),
+    ("foundation.rater.shift=1.5", "foundation.rater.shift must be a whole number"),
+    ("expert.compare_clusters=-2", "expert.compare_clusters must be >= 0"),
 ])
 def test_wrong_values_are_one_line_errors(override, needle):
     with pytest.raises(ConfigError) as e:
