@@ -31,7 +31,7 @@ def test_profiles_shrink_and_grow(tmp_path):
     assert smoke.foundation.base.steps < default.foundation.base.steps
     assert smoke.world.page_subjects < default.world.page_subjects < paper.world.page_subjects
     assert paper.expert.steps == 500 and paper.expert.lr == 1e-5 and paper.expert.guidance == 30
-    assert paper.apprentice.guidance == 15 and paper.filter.lambda_ == 0.02
+    assert paper.apprentice.guidance == 15 == paper.eval.guidance and paper.filter.lambda_ == 0.02
 
 
 def test_file_store_uri_is_absolute(tmp_path):
