@@ -190,8 +190,9 @@ def summarize(results: list[ExpertResult], wall: float, cfg: DictConfig, store=N
         if trained and len(trained) == len(done):
             store.put_json(key, {"method": method, "experts": len(trained), "wall_seconds": round(wall, 1),
                                  "experts_per_hour": eph, "workers": int(cfg.num_workers)})
-        elif store.exists(key) and store.get_json(key).get("method") == method and not trained:
-            eph = store.get_json(key)["experts_per_hour"]
+        elif not trained and store.exists(key):
+            prev = store.get_json(key)
+            eph = prev["experts_per_hour"] if prev.get("method") == method else eph
     return {"experts": len(results), "trained": len(trained), "reused": sum(r.status == "reused" for r in results),
             "failed": sum(r.status == "failed" for r in results),
             "failed_ids": [r.cluster_id for r in results if r.status == "failed"],
@@ -207,8 +208,7 @@ def compare_method(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | No
     clusters with the same runner and workers, so the report has both methods' speed. Its
     outputs go to a scratch root and are deleted; the figures are kept and reused while the
     expert config and the base model are unchanged."""
-    import hashlib
-    import json
+    from suti.tasks.mine import digest
 
     n = int(cfg.expert.get("compare_clusters", 2) or 0)
     if n <= 0 or not specs or cfg.expert.get("runner", "thread") == "deployment":
@@ -216,8 +216,7 @@ def compare_method(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | No
     other = "lora" if cfg.expert.method == "full" else "full"
     ecfg = OmegaConf.to_container(cfg.expert, resolve=True)
     ecfg.pop("method")
-    fp = hashlib.sha256(json.dumps([ecfg, store.done_meta("foundation/base"), int(cfg.num_workers),
-                                    [s.cluster_id for s in specs[:n]]], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fp = digest([ecfg, store.done_meta("foundation/base"), int(cfg.num_workers), [s.cluster_id for s in specs[:n]]])
     key, root = f"experts-compare/{other}.json", f"experts-compare/{other}"
     if store.exists(key) and store.get_json(key).get("fingerprint") == fp:
         return store.get_json(key)

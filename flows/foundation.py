@@ -124,14 +124,13 @@ def _finished(cfg, store, model: str) -> bool:
 
 def _fingerprint(cfg, store) -> str:
     """The trained models (their done markers) and the check settings the report came from."""
-    import hashlib
-    import json
-
     from omegaconf import OmegaConf
+
+    from suti.tasks.mine import digest
 
     parts = {m: store.done_meta(f"foundation/{m}") for m in F.MODELS}
     parts["eval"] = OmegaConf.to_container(cfg.foundation.eval, resolve=True)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(parts)
 
 
 def _markdown(r: dict) -> str:

@@ -168,9 +168,9 @@ class TinyBackbone(Backbone):
 
     @staticmethod
     def _schedule(backbone_cfg) -> dict:
-        return {"num_train_timesteps": int(backbone_cfg.num_train_timesteps),
-                "beta_schedule": str(backbone_cfg.get("beta_schedule", "squaredcos_cap_v2")),
-                "prediction_type": str(backbone_cfg.get("prediction_type", "epsilon"))}
+        from suti.models.diffusion import schedule_config
+
+        return schedule_config(backbone_cfg)
 
     @classmethod
     def from_store(cls, cfg, store) -> "TinyBackbone":

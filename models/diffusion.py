@@ -46,13 +46,16 @@ def make_scheduler(kind: str, num_train_timesteps: int = 1000, beta_schedule: st
     raise ValueError(f"unknown scheduler {kind!r}")
 
 
+def schedule_config(backbone) -> dict:
+    """The noise schedule a backbone config names: what training and sampling must agree on."""
+    return {"num_train_timesteps": int(backbone.num_train_timesteps),
+            "beta_schedule": str(backbone.get("beta_schedule", "squaredcos_cap_v2")),
+            "prediction_type": str(backbone.get("prediction_type", "epsilon"))}
+
+
 def guided_scheduler(kind: str, guidance: float, backbone=None):
     """The sampling scheduler for a guidance scale: dynamic thresholding from 10 up."""
-    kw = {}
-    if backbone is not None:
-        kw = dict(num_train_timesteps=backbone.num_train_timesteps,
-                  beta_schedule=backbone.get("beta_schedule", "squaredcos_cap_v2"),
-                  prediction_type=backbone.get("prediction_type", "epsilon"))
+    kw = schedule_config(backbone) if backbone is not None else {}
     return make_scheduler(kind, thresholding=guidance >= 10, **kw)
 
 
@@ -86,8 +89,7 @@ def diffusion_loss(scheduler, pred: torch.Tensor, x0: torch.Tensor, noise: torch
 
 
 def training_scheduler(backbone: DictConfig):
-    return make_scheduler("ddpm", backbone.num_train_timesteps, backbone.get("beta_schedule", "squaredcos_cap_v2"),
-                          backbone.get("prediction_type", "epsilon"))
+    return make_scheduler("ddpm", **schedule_config(backbone))
 
 
 @torch.no_grad()

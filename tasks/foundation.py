@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from suti.models.clip import build_clip, text_hidden_states, tokenizer
-from suti.models.diffusion import build_unet, guided_scheduler, sample, to_uint8, training_scheduler
+from suti.models.diffusion import build_unet, guided_scheduler, sample, schedule_config, to_uint8, training_scheduler
 from suti.models.foundation import (BaseLit, ClipLit, IdentityLit, IdentityNet, RaterLit, RaterNet, corrupt, fit,
                                     jitter, loader, scene_targets)
 from suti.models.scorers import Scorers, load_state, save_module
@@ -36,15 +36,8 @@ def recipe(cfg: DictConfig, model: str) -> dict:
     out = {"train": OmegaConf.to_container(cfg.foundation[model], resolve=True), "seed": int(cfg.seed)}
     if model == "base":
         out["unet"] = OmegaConf.to_container(cfg.backbone.unet, resolve=True)
-        out["schedule"] = schedule(cfg)
+        out["schedule"] = schedule_config(cfg.backbone)
     return out
-
-
-def schedule(cfg: DictConfig) -> dict:
-    b = cfg.backbone
-    return {"num_train_timesteps": int(b.num_train_timesteps),
-            "beta_schedule": str(b.get("beta_schedule", "squaredcos_cap_v2")),
-            "prediction_type": str(b.get("prediction_type", "epsilon"))}
 
 
 def load_pretrain(store) -> tuple[np.ndarray, list[dict]]:
@@ -139,7 +132,7 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
     unet = lit.final_unet()
     save_module(store, "foundation/base/model.pt", unet,
                 {"unet_config": dict(unet.config), "loss": loss, "text_encoder": "foundation/clip/model.pt",
-                 "schedule": schedule(cfg)})
+                 "schedule": schedule_config(cfg.backbone)})
     return {"loss": loss}
 
 
@@ -158,7 +151,7 @@ def check_schedule(cfg: DictConfig, meta: dict) -> None:
     from suti.store import StoreError
 
     trained = (meta.get("schedule") or {}).get("prediction_type", "epsilon")
-    wanted = schedule(cfg)["prediction_type"]
+    wanted = schedule_config(cfg.backbone)["prediction_type"]
     if trained != wanted:
         raise StoreError(f"the stored base model predicts {trained!r} but backbone.prediction_type is {wanted!r}: "
                          f"run `suti foundation --force` or set backbone.prediction_type={trained}")

@@ -634,7 +634,12 @@ def fingerprint(cfg, store, mc: MineConfig) -> str:
     parts = {"mine": asdict(mc), "prompts_per_cluster": prompts_per_cluster(cfg), "seed": int(cfg.seed),
              "resolution": int(cfg.world.resolution), "clip": str(cfg.backbone.clip_config), "world": world,
              "scorers": scorers, "pages": hashlib.sha256(store.get_bytes("world/pages.jsonl")).hexdigest()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(parts)
+
+
+def digest(obj) -> str:
+    """A short stable digest of a JSON-able object: the fingerprint of what outputs depend on."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prompts_per_cluster(cfg) -> int:
