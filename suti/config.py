@@ -97,6 +97,14 @@ def validate(cfg: DictConfig) -> None:
     _num(cfg, "torch_threads", 1, 256, True)
     _num(cfg, "eval.images_per_prompt", 1, 64, True)
     _num(cfg, "eval.limit", 1, None, True)
+    _num(cfg, "sweep.steps", 1, None, True)
+    _num(cfg, "sweep.eval_limit", 1, None, True)
+    _num(cfg, "sweep.eval_images_per_prompt", 1, 64, True)
+    _num(cfg, "pipeline.eval_limit", 1, None, True)
+    final = OmegaConf.select(cfg, "pipeline.final_lambda")
+    if not (final is None or final in ("best", "config", "none") or
+            (isinstance(final, (int, float)) and not isinstance(final, bool) and -1 <= final <= 1)):
+        raise ConfigError(f"pipeline.final_lambda must be best, config, none or a number in [-1, 1], got {final!r}")
     for m in cfg.eval.get("methods", []):
         if m not in ("oracle", "base", "expert", "apprentice", "dreamsuti"):
             raise ConfigError(f"eval.methods: unknown method {m!r}")

@@ -52,6 +52,9 @@ def test_file_store_uri_is_absolute(tmp_path):
     ("foundation.base.min_snr_gamma=-1", "foundation.base.min_snr_gamma must be >= 0"),
     ("foundation.rater.shift=1.5", "foundation.rater.shift must be a whole number"),
     ("expert.compare_clusters=-2", "expert.compare_clusters must be >= 0"),
+    ("sweep.steps=0", "sweep.steps must be >= 1"),
+    ("pipeline.final_lambda=worst", "pipeline.final_lambda must be best, config, none or a number"),
+    ("pipeline.eval_limit=0", "pipeline.eval_limit must be >= 1"),
 ])
 def test_wrong_values_are_one_line_errors(override, needle):
     with pytest.raises(ConfigError) as e:
@@ -75,3 +78,20 @@ def test_error_inside_a_flow_ends_in_one_line_without_traceback(tmp_path):
     assert "Traceback" not in p.stderr + p.stdout, p.stderr[-3000:]
     last = [x for x in p.stderr.splitlines() if x.strip()][-2:]
     assert any(x.startswith("suti: error: missing artifact") and "suti filter" in x for x in last), last
+
+
+@pytest.mark.parametrize("pick,sweep_steps,want", [
+    ("best", 200, (0.01, True)),      # short sweep: the best lambda is trained again at full steps
+    ("best", None, (0.01, False)),    # sweep at full steps: its best model is the final one
+    ("config", None, (0.02, True)),   # filter.lambda_ differs from the sweep's best: trained
+    ("none", 200, (None, True)),
+    (0.015, 200, (0.015, True)),
+])
+def test_pipeline_final_apprentice_choice(pick, sweep_steps, want):
+    from suti.flows.pipeline import final_choice
+
+    cfg = compose([f"pipeline.final_lambda={'null' if pick is None else pick}",
+                   f"sweep.steps={'null' if sweep_steps is None else sweep_steps}", "filter.lambda_=0.02"])
+    sweep = {"best": {"lambda": 0.01, "model_version": "3", "overall": 0.1}}
+    assert final_choice(cfg, sweep) == want
+    assert final_choice(cfg, {"best": None})[1] is True  # nothing trained in the sweep: always train
