@@ -153,12 +153,17 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
         if cfg.expert.get("check", True):
             from suti.tasks.experts_check import check_experts
 
-            lg.info("checking experts against the base model and real renders (reads world truth: check only)")
-            check = check_experts(cfg, store, n_clusters=int(cfg.expert.get("check_clusters", 30)))
-            grid_png = check.pop("_grid", None)
-            if grid_png:
-                store.put_bytes("experts/examples/grid.png", grid_png)
-                log_bytes(rid, grid_png, "examples", "experts_grid.png")
+            check = stored_check(cfg, store, specs) if report["trained"] == 0 else None
+            if check is not None:
+                lg.info("experts check: no expert changed since it ran, reusing it (experts/check.json)")
+            else:
+                lg.info("checking experts against the base model and real renders (reads world truth: check only)")
+                check = check_experts(cfg, store, n_clusters=int(cfg.expert.get("check_clusters", 30)))
+                grid_png = check.pop("_grid", None)
+                if grid_png:
+                    store.put_bytes("experts/examples/grid.png", grid_png)
+                    log_bytes(rid, grid_png, "examples", "experts_grid.png")
+                store.put_json(CHECK_KEY, {"fingerprint": check_fingerprint(cfg, store, specs), "check": check})
             report["check"] = check
             report["gap_closed"], report["text_score"] = check.get("gap_closed"), check.get("text_expert")
         log_metrics(rid, {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -173,6 +178,27 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
     lg.info(f"experts: {report['trained']} trained, {report['reused']} reused, {report['failed']} failed; "
             f"{report['seconds_per_expert'][cfg.expert.method]:.1f} s/expert; report {path}")
     return report
+
+
+CHECK_KEY = "experts/check.json"
+
+
+def check_fingerprint(cfg: DictConfig, store, specs: list[ExpertSpec]) -> str:
+    """What the experts check depends on: the expert config, the base and rater models, the
+    experts it reads and the seed."""
+    from suti.tasks.mine import digest
+
+    return digest([OmegaConf.to_container(cfg.expert, resolve=True), store.done_meta("foundation/base"),
+                   store.done_meta("foundation/rater"), [s.cluster_id for s in specs], int(cfg.seed)])
+
+
+def stored_check(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | None:
+    """The check of an earlier call when nothing it depends on changed (the filter, sweep and
+    pipeline flows call this flow again; the check samples ~500 images, 4 minutes here)."""
+    if not store.exists(CHECK_KEY):
+        return None
+    rec = store.get_json(CHECK_KEY)
+    return rec["check"] if rec.get("fingerprint") == check_fingerprint(cfg, store, specs) else None
 
 
 def summarize(results: list[ExpertResult], wall: float, cfg: DictConfig, store=None) -> dict:

@@ -36,6 +36,26 @@ def test_experts_outputs_and_records(engine):
     assert store.list("experts-compare") == ["experts-compare/lora.json"]  # the timing run's outputs are not kept
 
 
+
+def test_experts_check_reused_while_nothing_changed(engine):
+    """The filter, sweep and pipeline flows call the experts flow again: its check (hundreds
+    of samples) is reused while the experts, base, rater and config are unchanged."""
+    from omegaconf import OmegaConf
+
+    from suti.flows.experts import experts_flow, stored_check
+    from suti.tasks.experts import expert_specs
+
+    ov, cfg, store, _ = engine
+    specs = expert_specs(store, cfg.expert.get("clusters"))
+    first = stored_check(cfg, store, specs)
+    assert first is not None and "gap_closed" in first
+    rep = experts_flow(overrides=ov)
+    assert rep["trained"] == 0 and rep["check"] == first
+    changed = OmegaConf.merge(cfg, {"expert": {"check_clusters": int(cfg.expert.check_clusters) + 1}})
+    assert stored_check(changed, store, specs) is None
+    assert stored_check(cfg, store, specs[:-1]) is None
+
+
 def test_filter_sizes_non_increasing(engine):
     ov, cfg, store, rep = engine
     sizes = [s["size"] for s in rep["size_list"]]
