@@ -186,7 +186,7 @@ CHECK_KEY = "experts/check.json"
 def check_fingerprint(cfg: DictConfig, store, specs: list[ExpertSpec]) -> str:
     """What the experts check depends on: the expert config, the base and rater models, the
     experts it reads and the seed."""
-    from suti.tasks.mine import digest
+    from suti.store import digest
 
     return digest([OmegaConf.to_container(cfg.expert, resolve=True), store.done_meta("foundation/base"),
                    store.done_meta("foundation/rater"), [s.cluster_id for s in specs], int(cfg.seed)])
@@ -195,10 +195,7 @@ def check_fingerprint(cfg: DictConfig, store, specs: list[ExpertSpec]) -> str:
 def stored_check(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | None:
     """The check of an earlier call when nothing it depends on changed (the filter, sweep and
     pipeline flows call this flow again; the check samples ~500 images, 4 minutes here)."""
-    if not store.exists(CHECK_KEY):
-        return None
-    rec = store.get_json(CHECK_KEY)
-    return rec["check"] if rec.get("fingerprint") == check_fingerprint(cfg, store, specs) else None
+    return (store.get_fingerprinted(CHECK_KEY, check_fingerprint(cfg, store, specs)) or {}).get("check")
 
 
 def summarize(results: list[ExpertResult], wall: float, cfg: DictConfig, store=None) -> dict:
@@ -234,7 +231,7 @@ def compare_method(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | No
     clusters with the same runner and workers, so the report has both methods' speed. Its
     outputs go to a scratch root and are deleted; the figures are kept and reused while the
     expert config and the base model are unchanged."""
-    from suti.tasks.mine import digest
+    from suti.store import digest
 
     n = int(cfg.expert.get("compare_clusters", 2) or 0)
     if n <= 0 or not specs or cfg.expert.get("runner", "thread") == "deployment":
@@ -244,8 +241,9 @@ def compare_method(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | No
     ecfg.pop("method")
     fp = digest([ecfg, store.done_meta("foundation/base"), int(cfg.num_workers), [s.cluster_id for s in specs[:n]]])
     key, root = f"experts-compare/{other}.json", f"experts-compare/{other}"
-    if store.exists(key) and store.get_json(key).get("fingerprint") == fp:
-        return store.get_json(key)
+    prev = store.get_fingerprinted(key, fp)
+    if prev is not None:
+        return prev
     logger().info(f"timing {other} experts on {min(n, len(specs))} clusters beside the {cfg.expert.method} ones")
     store.delete(root)
     ocfg = OmegaConf.merge(cfg, {"expert": {"method": other}})

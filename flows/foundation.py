@@ -55,15 +55,15 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
     world_flow(overrides)
     t_all = time.time()
     finished = {m: _finished(cfg, store, m) for m in F.MODELS}
-    if not force and all(finished.values()) and store.exists(CHECKED):
-        prev = store.get_json(CHECKED)
-        if prev.get("fingerprint") == _fingerprint(cfg, store):
-            # every model and its checks are done: downstream stages do not redo the checks
-            # (2 min each) nor register the same models again
-            lg.info("foundation: every model and its checks finished earlier, reusing them")
-            report = {**prev["report"], "reused": list(F.MODELS), "checks_reused": True}
-            write_report(cfg, "foundation", report)
-            return report
+    prev = store.get_fingerprinted(CHECKED, _fingerprint(cfg, store)) \
+        if not force and all(finished.values()) else None
+    if prev is not None:
+        # every model and its checks are done: downstream stages do not redo the checks
+        # (2 min each) nor register the same models again
+        lg.info("foundation: every model and its checks finished earlier, reusing them")
+        report = {**prev["report"], "reused": list(F.MODELS), "checks_reused": True}
+        write_report(cfg, "foundation", report)
+        return report
     images, scenes = F.load_pretrain(store)
     lg.info(f"pre-training corpus: {len(images)} renders")
     seconds, losses, reused = {}, {}, []
@@ -126,7 +126,7 @@ def _fingerprint(cfg, store) -> str:
     """The trained models (their done markers) and the check settings the report came from."""
     from omegaconf import OmegaConf
 
-    from suti.tasks.mine import digest
+    from suti.store import digest
 
     parts = {m: store.done_meta(f"foundation/{m}") for m in F.MODELS}
     parts["eval"] = OmegaConf.to_container(cfg.foundation.eval, resolve=True)

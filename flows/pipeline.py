@@ -68,17 +68,17 @@ def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> di
     if retrain:
         lg.info(f"final apprentice: lambda {lam} at apprentice.steps={cfg.apprentice.steps} "
                 f"(sweep trained {cfg.sweep.steps} steps per lambda)")
-        final = stage("apprentice", train_flow, lam="none" if lam is None else lam)
+        final_version = (stage("apprentice", train_flow, lam="none" if lam is None else lam).get("registered")
+                         or {}).get("version")
     else:
         lg.info(f"final apprentice: the sweep's model for lambda {lam} (trained at full steps), no retraining")
         stages["apprentice"] = 0.0
-        final = None
+        final_version = sweep["best"]["model_version"]
     ev = stage("eval", eval_flow, limit=cfg.get("pipeline", {}).get("eval_limit"))
     promo = stage("promote", promote_flow)
     summary = {"seconds": round(time.time() - t0, 1), "stage_seconds": stages, "eval_report": f"{cfg.reports_dir}/eval.json",
                "sweep_parent_run_id": sweep["parent_run_id"], "final_lambda": lam,
-               "final_model_version": ((final or {}).get("registered") or {}).get("version") if final
-               else (sweep.get("best") or {}).get("model_version"), "champion": promo.get("champion_after"),
+               "final_model_version": final_version, "champion": promo.get("champion_after"),
                "promotion": promo.get("reason"), "table": ev["table"],
                "mlflow_ui": f"mlflow ui --backend-store-uri {cfg.tracking.uri}",
                "model": "models:/suti-apprentice@champion"}

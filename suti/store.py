@@ -26,6 +26,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -49,6 +50,11 @@ DONE_MARKER = "_DONE.json"
 # keys may not use it, so a crashed writer's leftovers never look like artifacts.
 _TMP_PREFIX = ".suti-tmp-"
 _CHUNK = 1 << 20
+
+
+def digest(obj: Any) -> str:
+    """A short stable digest of a JSON-able object: the fingerprint of what outputs depend on."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class StoreError(Exception):
@@ -211,6 +217,14 @@ class ArtifactStore:
             return json.loads(data)
         except ValueError as exc:
             raise StoreError(f"corrupt JSON artifact: {self.url(key)}: {exc}") from exc
+
+    def get_fingerprinted(self, key: str, fingerprint: str) -> Any | None:
+        """The JSON record at ``key`` when it carries this ``fingerprint`` (the :func:`digest`
+        of what it was computed from), else None: reuse a stored result only while its inputs hold."""
+        if not self.exists(key):
+            return None
+        rec = self.get_json(key)
+        return rec if isinstance(rec, dict) and rec.get("fingerprint") == fingerprint else None
 
     def put_array(self, key: str, array: Any) -> str:
         """Store a numpy array at ``key`` in ``.npy`` format (no pickles); returns the URL."""

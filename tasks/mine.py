@@ -46,6 +46,7 @@ from typing import Callable, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel
 
+from suti.store import digest
 from suti.world import vocab as V
 from suti.world.scene import Subject, appearance_phrase, compose, stable_seed
 
@@ -635,11 +636,6 @@ def fingerprint(cfg, store, mc: MineConfig) -> str:
              "resolution": int(cfg.world.resolution), "clip": str(cfg.backbone.clip_config), "world": world,
              "scorers": scorers, "pages": hashlib.sha256(store.get_bytes("world/pages.jsonl")).hexdigest()}
     return digest(parts)
-
-
-def digest(obj) -> str:
-    """A short stable digest of a JSON-able object: the fingerprint of what outputs depend on."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prompts_per_cluster(cfg) -> int:
