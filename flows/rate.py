@@ -3,8 +3,9 @@
     suti rate --eval-id EVAL --rater alice --rater bob          # serve; prints one link per rater
     suti rate --eval-id EVAL --push --run-id <mlflow run id>    # aggregate answers into that run
 
-Serving is not a pipeline stage, so it runs no Prefect flow: it serves the page until
-Ctrl-C (or SIGTERM) and ends cleanly; every answer is already committed to
+Serving is not a pipeline stage, so it runs no Prefect flow and does not even import Prefect
+(a serving process starts faster and has no Prefect exit hooks to run when it stops): it
+serves the page until Ctrl-C (or SIGTERM) and ends cleanly; every answer is already committed to
 ``<workdir>/ratings/<eval_id>.sqlite``. ``--push`` is the Prefect flow ``rate-push``: it
 logs ``human.*`` metrics and the raw answers (``ratings/<eval_id>.json``) into the
 evaluation's MLflow run, next to the automatic scores.
@@ -17,9 +18,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-
-from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from suti.cli import UserError
 from suti.config import workdir
@@ -82,19 +80,20 @@ def serve(store, eval_id: str, wd: Path, raters: list[str] | None = None, host: 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who can reach it and has a link can rate (plain HTTP)",
               file=sys.stderr)
-    print(f"rating page for eval {eval_id!r}: {len(records)} images; answers in {db.path}", file=out)
-    for rater, token in tokens.items():
-        print(f"  {rater}: {server.link(token)}", file=out)
-    print("Ctrl-C stops the server; answers are saved as they are given.", file=out, flush=True)
-
     main = threading.current_thread() is threading.main_thread()
     old = None
     if main:  # SIGTERM ends as cleanly as Ctrl-C
         def on_term(signum, frame):
             raise KeyboardInterrupt
         old = signal.signal(signal.SIGTERM, on_term)
-    server.start()
+    # Serving and the cleanup are in place before the links are printed: a rater (or a
+    # test) that opens a link and presses Ctrl-C at once always gets the clean stop.
     try:
+        server.start()
+        print(f"rating page for eval {eval_id!r}: {len(records)} images; answers in {db.path}", file=out)
+        for rater, token in tokens.items():
+            print(f"  {rater}: {server.link(token)}", file=out)
+        print("Ctrl-C stops the server; answers are saved as they are given.", file=out, flush=True)
         server.wait()
     except KeyboardInterrupt:
         pass
@@ -143,10 +142,21 @@ def _push_inputs(overrides: list[str] | None, eval_id: str, run_id: str | None):
     return cfg, store, records, path, run_id
 
 
-@flow(name="rate-push", log_prints=True)
 def push_flow(overrides: list[str] | None = None, eval_id: str = "", run_id: str | None = None) -> dict:
-    """Aggregate the answers of ``eval_id`` into MLflow run ``run_id``; returns the metrics."""
+    """Aggregate the answers of ``eval_id`` into MLflow run ``run_id`` (the Prefect flow
+    ``rate-push``); returns the metrics."""
+    from prefect import flow
+
+    from suti.cli import _quiet_user_error_tracebacks
+
+    _quiet_user_error_tracebacks()  # Prefect configured its handlers on import, after the CLI's filter
+    return flow(name="rate-push", flow_run_name="push ratings of eval {eval_id}", log_prints=True)(_push)(
+        overrides=overrides, eval_id=eval_id, run_id=run_id)
+
+
+def _push(overrides: list[str] | None = None, eval_id: str = "", run_id: str | None = None) -> dict:
     import mlflow
+    from prefect.artifacts import create_markdown_artifact
 
     from suti.tracking import log_json, log_metrics
 

@@ -24,6 +24,25 @@ os.environ.pop("PREFECT_API_URL", None)  # ephemeral mode unless a test starts a
 sys.path.insert(0, str(Path(__file__).parent))  # tests/servers.py
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_prefect_temporary_server():
+    """Stop Prefect's temporary API server at the end of the session, while pytest still
+    captures output: left to Prefect's atexit hook it logs "Stopping temporary server" to a
+    console stream pytest has already closed ("--- Logging error ---" tracebacks). The log
+    and event workers are drained first, so none of them sends to a stopped server."""
+    yield
+    server_mod = sys.modules.get("prefect.server.api.server")
+    if server_mod is None:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=30)
+    for server in list(server_mod.SubprocessASGIServer._instances.values()):
+        server.stop()
+
+
 def smoke_overrides(workdir: Path, *extra: str) -> list[str]:
     """Overrides that point every output of a run at `workdir`."""
     return ["profile=smoke", f"workdir={workdir}", f"reports_dir={workdir / 'reports'}", "progress=false", *extra]
