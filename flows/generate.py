@@ -7,9 +7,11 @@
   size; grayscale, palette, RGBA (on white), 16-bit, CMYK are converted; non-square
   images are center-cropped, large ones shrunk (see :mod:`suti.imageio`).
 * ``--demo-text TEXT``: none, one for all demos, or one per demo.
-* ``--out PATH``: ``PATH`` for one image; ``PATH_0.png``, ``PATH_1.png``, ... for several;
-  ``--grid`` also writes ``PATH_grid.png`` (demos | generated). An existing folder gets
-  ``generated_<i>.png``. The written paths are printed, one per line.
+* ``--out PATH``: ``PATH`` for one image; for several, ``PATH_0.png``, ``PATH_1.png``, ... and
+  ``PATH`` itself as a grid of them (one row, left to right); ``--grid`` also writes
+  ``PATH_grid.png`` (demos | generated, labelled). An existing folder gets
+  ``generated_<i>.png`` (and the grid ``generated.png``). The written paths are printed,
+  one per line.
 * ``--model``: ``models:/suti-apprentice@candidate`` (default: ``apprentice.model``), any
   ``models:/`` or ``runs:/`` URI, an exported model folder, or a training run name in the
   store (``lam-0.02``, ``dreamsuti-<name>``).
@@ -53,15 +55,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--demo-text", dest="demo_text", action="append", default=[], metavar="TEXT",
                         help="text of the demos: one for all, or one per --demo (repeat)")
     parser.add_argument("--prompt", default=None, help="what to render")
-    parser.add_argument("--out", default=None, metavar="PATH", help="output .png (several images: PATH_0.png, ...)")
-    parser.add_argument("--num-images", dest="num_images", default=None, metavar="N")
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="output .png; with several images PATH_0.png, PATH_1.png, ... and PATH as a grid of them "
+                             "(a folder: generated_<i>.png and generated.png)")
+    parser.add_argument("--num-images", dest="num_images", default=None, metavar="N",
+                        help="images to render (default: apprentice.num_images, 4)")
     parser.add_argument("--seed", default=None, metavar="S")
     parser.add_argument("--scheduler", default=None, metavar="|".join(SCHEDULERS))
     parser.add_argument("--steps", default=None, metavar="N", help="sampling steps")
     parser.add_argument("--guidance", default=None, metavar="W", help="classifier-free guidance scale")
     parser.add_argument("--model", default=None, metavar="URI",
                         help="models:/NAME@ALIAS, runs:/..., a model folder or a store run name")
-    parser.add_argument("--grid", action="store_true", help="also write PATH_grid.png (demos | generated)")
+    parser.add_argument("--grid", action="store_true", help="also write PATH_grid.png (demos | generated, labelled)")
 
 
 def _number(name: str, value, cast, lo=None, hi=None):
@@ -111,6 +116,12 @@ def check_inputs(req: GenerateRequest) -> list:
     return images
 
 
+def sheet_path(out: str) -> Path:
+    """Where the grid of several images goes: ``--out`` itself (a folder: ``generated.png``)."""
+    p = Path(out).expanduser()
+    return p / "generated.png" if p.is_dir() else p.with_suffix(".png")
+
+
 _FLOW = None
 
 
@@ -124,18 +135,18 @@ def _flow():
 
     from suti.flows.common import logger, prepare
 
-    @task(name="load-apprentice", task_run_name="load-{model}", cache_policy=NO_CACHE)
+    @task(name="load-apprentice", task_run_name="load apprentice {model}", cache_policy=NO_CACHE)
     def load_apprentice(cfg, store, model: str):
         from suti.tasks.apprentice import Apprentice
 
         return Apprentice.load(model, cfg, store)
 
-    @task(name="generate", task_run_name="generate-{n}-images", cache_policy=NO_CACHE)
+    @task(name="generate", task_run_name="render {n} image(s)", cache_policy=NO_CACHE)
     def render(apprentice, images, req: GenerateRequest, n: int) -> list:
         return apprentice.generate(images, req.demo_texts, req.prompt, num_images=n, guidance=req.guidance,
                                    scheduler=req.scheduler, steps=req.steps, seed=req.seed)
 
-    @flow(name="generate", log_prints=True)
+    @flow(name="generate", flow_run_name="generate: {req.prompt}", log_prints=True)
     def generate(overrides: list[str], req: GenerateRequest) -> list[str]:
         from suti.imageio import grid_path, save_grid, save_images
 
@@ -150,6 +161,8 @@ def _flow():
         out = render(apprentice, images, req, n)
         t2 = time.time()
         paths = save_images(out, req.out)
+        if len(out) > 1:  # o_0.png .. and o.png: the images side by side
+            paths.append(save_grid([([], out)], apprentice.backbone.resolution, sheet_path(req.out)))
         if req.grid:
             paths.append(save_grid([(images, out)], apprentice.backbone.resolution, grid_path(req.out)))
         lg.info(f"generated {n} image(s) from {len(images)} demo(s) with {model} in {t2 - t1:.1f} s "

@@ -29,7 +29,10 @@ COMMANDS = {
     "sweep": ("suti.flows.sweep", "sweep_flow", "lambda sweep: G(lambda) -> apprentice -> eval, nested MLflow runs"),
     "promote": ("suti.flows.promote", "promote_flow", "move the champion alias when the candidate is better"),
     "run": ("suti.flows.pipeline", "pipeline_flow", "the whole pipeline on the embedded synthetic world"),
+    "serve": ("suti.serve", "serve", "serve a registered apprentice on MLflow's scoring server (loopback by default)"),
+    "status": ("suti.status", "status", "which stages are finished in the workdir (reads the store's markers)"),
 }
+READ_ONLY = {"status"}  # commands that write nothing, not even the workdir's cache folders
 
 
 class UserError(Exception):
@@ -89,10 +92,30 @@ def _exists(module: str) -> bool:
         return False
 
 
+def run_name(command: str, overrides: list[str]) -> str:
+    """A flow run's name as the command line that started it, paths left out."""
+    paths = ("workdir=", "reports_dir=", "storage.uri=", "tracking.uri=", "tracking.artifact_location=")
+    shown = [o for o in overrides if not o.startswith(paths)]
+    return " ".join(["suti", command, *shown])[:200]
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("suti")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {k: v for k, v in COMMANDS.items() if _exists(v[0])}
-    top = argparse.ArgumentParser(prog="suti", description="SuTI: subject-driven text-to-image via apprenticeship learning")
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"suti {version()}")
+        return 0
+    top = argparse.ArgumentParser(prog="suti", description="SuTI: subject-driven text-to-image via apprenticeship learning",
+                                  epilog="suti --version prints the version; suti COMMAND --help the command's options")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, _, help_) in commands.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -109,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         if "-h" not in rest and "--help" not in rest:
             # validate the config and point caches at the workdir before importing prefect
             cfg = compose([a for a in rest if OVERRIDE.match(a)])
-            preflight(cfg)
-            setup_env(cfg)
+            if name not in READ_ONLY:
+                preflight(cfg)
+                setup_env(cfg)
         module, fn, help_ = commands[name]
         mod = importlib.import_module(module)
         _quiet_user_error_tracebacks()  # after the import: Prefect has configured its handlers
@@ -121,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             mod.add_arguments(p)  # command-specific flags (e.g. generate's --demo), passed to the flow as kwargs
         args = p.parse_intermixed_args(rest)
         extra = {k: v for k, v in vars(args).items() if k not in ("overrides", "force")}
-        result = getattr(mod, fn)(overrides=list(args.overrides), force=args.force, **extra)
+        target = getattr(mod, fn)
+        if hasattr(target, "with_options") and getattr(target, "flow_run_name", None) is None:
+            # the Prefect UI lists the run as the command that started it: `suti mine profile=smoke`
+            target = target.with_options(flow_run_name=run_name(name, args.overrides))
+        result = target(overrides=list(args.overrides), force=args.force, **extra)
         return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
     except KeyboardInterrupt:
         print("suti: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -257,8 +257,9 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def grid_rows(rows: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], size: int,
-              scale: int = 2, pad: int = 2) -> Image.Image:
-    """One row per request: its demos, a gap, then its generated images (white background)."""
+              scale: int = 2, pad: int = 2, labels: bool = True) -> Image.Image:
+    """One row per request: its demos, a gap, then its generated images (white background).
+    ``labels``: a header band names the columns (``demo 1`` .., ``image 1`` ..)."""
     rows = list(rows)
     n_left = max((len(d) for d, _ in rows), default=0)
     n_right = max((len(g) for _, g in rows), default=0)
@@ -273,4 +274,19 @@ def grid_rows(rows: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
             canvas.paste(Image.fromarray(prepare(im, size)), (pad + i * (size + pad), y))
         for j, im in enumerate(gens):
             canvas.paste(Image.fromarray(prepare(im, size)), (pad + (n_left + j) * (size + pad) + gap, y))
-    return canvas.resize((width * scale, height * scale), Image.NEAREST) if scale != 1 else canvas
+    if scale != 1:
+        canvas = canvas.resize((width * scale, height * scale), Image.NEAREST)
+    if not labels or not cols:
+        return canvas
+    from PIL import ImageDraw
+
+    band = 14
+    out = Image.new("RGB", (canvas.width, canvas.height + band), (255, 255, 255))
+    out.paste(canvas, (0, band))
+    draw = ImageDraw.Draw(out)
+    names = [f"demo {i + 1}" for i in range(n_left)] + [f"image {j + 1}" for j in range(n_right)]
+    for c, name in enumerate(names):
+        x0 = (pad + c * (size + pad) + (gap if c >= n_left else 0)) * scale
+        w = draw.textlength(name)
+        draw.text((x0 + max(0, (size * scale - w) / 2), 2), name, fill=(40, 40, 40))
+    return out

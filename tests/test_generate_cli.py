@@ -186,12 +186,19 @@ def test_convertible_demos_generate_pngs(trained, convertible, tmp_path):
                     "--grid")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    expected = [out.with_name("gen_0.png"), out.with_name("gen_1.png"), out.with_name("gen_grid.png")]
+    # several images: gen_0.png, gen_1.png, and gen.png a grid of them (what --help says); --grid adds gen_grid.png
+    expected = [out.with_name("gen_0.png"), out.with_name("gen_1.png"), out, out.with_name("gen_grid.png")]
     assert [Path(x) for x in proc.stdout.split()] == expected
+    images = []
     for p in expected[:2]:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.mode == "RGB" and im.size == (32, 32)
-    with Image.open(expected[2]) as g:
+            images.append(np.asarray(im))
+    with Image.open(out) as sheet:  # the two images side by side (scaled 2x, under a label band)
+        s = np.asarray(sheet.convert("RGB"))
+        assert sheet.size[0] > 2 * 64 and sheet.size[1] < sheet.size[0]
+        assert (s[-4 - 64:-4:2, 4:4 + 64:2] == images[0]).all()  # the first image, 2x, bottom-left
+    with Image.open(expected[3]) as g:
         assert g.size[0] > g.size[1]  # one row: 7 demos | 2 generated
 
 
