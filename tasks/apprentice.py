@@ -856,11 +856,13 @@ class Apprentice:
 class ApprenticePyfunc(PythonModel):
     """MLflow pyfunc: demos + prompt in, base64 PNGs out.
 
-    Input: a pandas DataFrame (one request per row), a dict (one request, or columns of
-    requests) or a list of dicts, with ``prompt`` (str) and ``demos`` (list of base64 image
-    files: PNG, JPEG, ...), optional ``demo_texts`` (list of str), ``num_images``, ``seed``,
-    ``guidance``, ``steps``, ``scheduler``. Output: a DataFrame with one row per request and
-    an ``images`` column (list of base64 PNG strings).
+    Input (see :func:`model_signature`): one request per row of a DataFrame
+    (``dataframe_records`` / ``dataframe_split``), or ``inputs`` as a list of request dicts
+    or one dict; ``prompt`` (str) and ``demos`` (list of base64 image files: PNG, JPEG, ...),
+    optional ``demo_texts`` (list of str), ``num_images``, ``seed``, ``guidance``, ``steps``,
+    ``scheduler``. Output: a DataFrame with one row per request, ``prompt`` and ``images``
+    (list of base64 PNG strings). A malformed request raises a one-line MlflowException
+    (INVALID_PARAMETER_VALUE: HTTP 400 from the scoring server).
     """
 
     # The input is checked in predict() (a DataFrame, a dict or a list of dicts): no type-hint
@@ -880,11 +882,17 @@ class ApprenticePyfunc(PythonModel):
             if isinstance(model_input.get("prompt"), str):
                 reqs = [model_input]
             else:
-                reqs = pd.DataFrame({k: list(v) for k, v in model_input.items()}).to_dict(orient="records")
+                cols = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, (list, tuple)) else [v])
+                        for k, v in model_input.items()}
+                if len({len(v) for v in cols.values()}) > 1:
+                    raise ValueError("the request's columns have different lengths")
+                reqs = pd.DataFrame(cols).to_dict(orient="records")
         elif isinstance(model_input, (list, tuple)):
+            if not all(isinstance(r, dict) for r in model_input):
+                raise ValueError("'inputs' must be a request object or a list of request objects")
             reqs = [dict(r) for r in model_input]
         else:
-            raise TypeError(f"unsupported input {type(model_input).__name__}: a DataFrame, dict or list of dicts")
+            raise ValueError(f"unsupported input {type(model_input).__name__}: a DataFrame, dict or list of dicts")
 
         def norm(v):
             if isinstance(v, np.ndarray):
@@ -894,47 +902,156 @@ class ApprenticePyfunc(PythonModel):
         return [{k: norm(v) for k, v in r.items()} for r in reqs]
 
     def predict(self, context, model_input, params=None):
+        from suti.cli import UserError
+
+        try:
+            return self._predict(model_input, params)
+        except (UserError, ValueError, TypeError) as e:  # the request's fault: one line, HTTP 400
+            raise bad_request(" ".join(str(e).split()) or e.__class__.__name__) from None
+
+    def _predict(self, model_input, params=None):
         import pandas as pd
 
         from suti.imageio import b64_png, from_b64
 
-        out = []
-        for i, r in enumerate(self.requests(model_input)):
+        def missing(v) -> bool:
+            return v is None or (isinstance(v, float) and math.isnan(v))
+
+        reqs = self.requests(model_input)
+        if not reqs:
+            raise ValueError("no request: give at least one row with a 'prompt'")
+        checked = []
+        for i, r in enumerate(reqs):  # every request is checked before any image is rendered
+            unknown = sorted(set(r) - set(REQUEST_FIELDS))
+            if unknown:
+                raise ValueError(f"request {i}: unknown field(s) {', '.join(map(str, unknown))} "
+                                 f"(known: {', '.join(REQUEST_FIELDS)})")
             prompt = r.get("prompt")
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"request {i}: 'prompt' must be a non-empty string")
             demos_b64 = r.get("demos")
-            demos_b64 = [] if demos_b64 is None or (isinstance(demos_b64, float) and math.isnan(demos_b64)) else list(demos_b64)
-            demos = [from_b64(s, f"request {i} demo {j}") for j, s in enumerate(demos_b64)]
+            if isinstance(demos_b64, str):
+                demos_b64 = [demos_b64]
+            if not missing(demos_b64) and not isinstance(demos_b64, (list, tuple)):
+                raise ValueError(f"request {i}: 'demos' must be a list of base64 image strings")
+            demos = [from_b64(s, f"request {i} demo {j}") for j, s in enumerate([] if missing(demos_b64) else demos_b64)]
             texts = r.get("demo_texts")
-            texts = None if texts is None or (isinstance(texts, float) and math.isnan(texts)) else list(texts)
+            texts = None if missing(texts) else [texts] * len(demos) if isinstance(texts, str) else list(texts)
+            if texts is not None and len(texts) != len(demos):
+                raise ValueError(f"request {i}: {len(texts)} demo_texts for {len(demos)} demos")
 
-            def opt(name, cast):
+            def opt(name, cast, lo=None, hi=None):
                 v = r.get(name, (params or {}).get(name))
-                return None if v is None or (isinstance(v, float) and math.isnan(v)) else cast(v)
+                if missing(v):
+                    return None
+                try:
+                    v = cast(v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"request {i}: '{name}' must be a {cast.__name__}, got {v!r}") from None
+                if (lo is not None and v < lo) or (hi is not None and v > hi):
+                    raise ValueError(f"request {i}: '{name}' must be between {lo} and {hi}, got {v}")
+                return v
 
-            imgs = self.apprentice.generate(demos, texts, prompt, num_images=opt("num_images", int),
-                                            guidance=opt("guidance", float), scheduler=opt("scheduler", str),
-                                            steps=opt("steps", int), seed=opt("seed", int) or 0)
-            out.append({"prompt": prompt, "images": [b64_png(im) for im in imgs]})
+            scheduler = opt("scheduler", str)
+            if scheduler is not None and scheduler not in ("ddpm", "ddim", "dpm"):
+                raise ValueError(f"request {i}: 'scheduler' must be ddpm, ddim or dpm, got {scheduler!r}")
+            checked.append(dict(demos=demos, texts=texts, prompt=prompt, num_images=opt("num_images", int, 1, 64),
+                                guidance=opt("guidance", float, 0, 100), scheduler=scheduler,
+                                steps=opt("steps", int, 1, 1000), seed=opt("seed", int, 0) or 0))
+        out = []
+        for c in checked:
+            imgs = self.apprentice.generate(c["demos"], c["texts"], c["prompt"], num_images=c["num_images"],
+                                            guidance=c["guidance"], scheduler=c["scheduler"], steps=c["steps"],
+                                            seed=c["seed"])
+            out.append({"prompt": c["prompt"], "images": [b64_png(im) for im in imgs]})
         return pd.DataFrame(out, columns=["prompt", "images"])
+
+
+def bad_request(message: str) -> Exception:
+    """A malformed request: an MlflowException (INVALID_PARAMETER_VALUE, so the scoring
+    server answers HTTP 400) that is also a ValueError for Python callers."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class BadRequest(MlflowException, ValueError):
+        pass
+
+    return BadRequest(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+REQUEST_FIELDS = ("prompt", "demos", "demo_texts", "num_images", "seed", "guidance", "steps", "scheduler")
+
+
+def model_signature():
+    """The pyfunc's signature: one request per row, `prompt` required, the rest optional."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    inputs = Schema([ColSpec(DataType.string, "prompt"),
+                     ColSpec(Array(DataType.string), "demos", required=False),
+                     ColSpec(Array(DataType.string), "demo_texts", required=False),
+                     ColSpec(DataType.long, "num_images", required=False),
+                     ColSpec(DataType.long, "seed", required=False),
+                     ColSpec(DataType.double, "guidance", required=False),
+                     ColSpec(DataType.long, "steps", required=False),
+                     ColSpec(DataType.string, "scheduler", required=False)])
+    outputs = Schema([ColSpec(DataType.string, "prompt"), ColSpec(Array(DataType.string), "images")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example() -> dict:
+    """A request the model answers quickly (one image, two steps), with one small demo."""
+    from suti.imageio import b64_png
+
+    demo = np.zeros((16, 16, 3), np.uint8)
+    demo[4:12, 4:12] = (200, 60, 40)
+    return {"prompt": "a photo of it on the beach", "demos": [b64_png(demo)], "demo_texts": ["a red box"],
+            "num_images": 1, "steps": 2, "seed": 0}
+
+
+def package_code(dest: Path) -> Path:
+    """The `suti` package as installed (suti + its mapped sub-packages), copied to
+    ``dest/suti``: the model's ``code_paths``, so it loads where suti is not installed."""
+    import importlib.util
+
+    root = dest / "suti"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(Path(importlib.util.find_spec("suti").submodule_search_locations[0]), root, ignore=skip)
+    for sub in ("flows", "tasks", "models", "world", "conf", "ui"):
+        spec = importlib.util.find_spec(f"suti.{sub}")
+        if spec is not None and spec.submodule_search_locations:
+            src = Path(list(spec.submodule_search_locations)[0])
+            if src.resolve() != (root / sub).resolve():
+                shutil.copytree(src, root / sub, ignore=skip, dirs_exist_ok=True)
+    return root
 
 
 def pip_requirements() -> list[str]:
     from suti.tracking import PIP_REQUIREMENTS
 
-    return list(PIP_REQUIREMENTS) + ["mlflow==3.17.2", "pandas", "transformers==5.24.0"]
+    return list(PIP_REQUIREMENTS) + ["mlflow==3.17.2", "pandas", "transformers==5.24.0", "lightning==2.6.6",
+                                     "omegaconf==2.3.1", "hydra-core==1.3.8", "pydantic==2.14.4", "fastapi", "uvicorn"]
 
 
 def log_pyfunc(model_dir: str | Path, run_id: str, registered_name: str | None = None) -> Any:
-    """Log an exported apprentice folder as a pyfunc model in ``run_id`` (optionally registered)."""
+    """Log an exported apprentice folder as a pyfunc model in ``run_id`` (optionally
+    registered), with its signature, an input example and the suti code."""
     import mlflow
+    import pandas as pd
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    with mlflow.start_run(run_id=run_id):
-        return mlflow.pyfunc.log_model(name="apprentice", python_model=ApprenticePyfunc(),
-                                       artifacts={"apprentice": str(model_dir)}, pip_requirements=pip_requirements(),
-                                       registered_model_name=registered_name)
+    code = Path(tempfile.mkdtemp(prefix="suti-code-"))
+    try:
+        with mlflow.start_run(run_id=run_id):
+            return mlflow.pyfunc.log_model(name="apprentice", python_model=ApprenticePyfunc(),
+                                           artifacts={"apprentice": str(model_dir)},
+                                           pip_requirements=pip_requirements(),
+                                           code_paths=[str(package_code(code))], signature=model_signature(),
+                                           input_example=pd.DataFrame([input_example()]),
+                                           registered_model_name=registered_name)
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
 
 
 def register_candidate(cfg: DictConfig, store, run_name: str, run_id: str, tags: dict | None = None) -> dict:
