@@ -20,23 +20,39 @@ from suti.tasks import evaluate as E
 from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
 
 SCORE_KEYS = ("identity", "clip_i", "clip_t", "subject", "text", "photorealism", "overall")
+GRID_PROMPTS = (0, 20)  # the grid's prompts per method: the first re-contextualization (jungle) and edit (red)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None, help="apprentice to evaluate (default models:/suti-apprentice@candidate)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects of the split")
+    parser.add_argument("--split", default=None, choices=["val", "test"],
+                        help="held-out split (default eval.split: test; sweeps and tuning read val)")
     parser.add_argument("--dreambench", default=None, help="a real DreamBench folder instead of the world")
 
 
-def _subject_cases(cfg, store, scorers, limit):
-    from suti.world.scene import subject_from_dict
+def split_subjects(store, split: str, limit: int | None = None) -> list[dict]:
+    """The held-out subjects of one split (`val` or `test`), in world order, first `limit`."""
+    from suti.cli import UserError
 
     idx = store.get_json("world/heldout/index.json")["subjects"]
+    if any("split" not in s for s in idx):
+        raise UserError("the stored world has no val/test split (a world v1): run `suti world --force`")
+    out = [s for s in idx if s["split"] == split]
+    if not out:
+        raise UserError(f"the world has no held-out subject in split {split!r} (world.val_subjects)")
+    return out[:limit] if limit else out
+
+
+def _subject_cases(cfg, store, scorers, limit, split):
+    from suti.world.scene import subject_from_dict
+
+    idx = split_subjects(store, split, limit)
     truth = {json.loads(x)["id"]: subject_from_dict(json.loads(x))
              for x in store.get_bytes("world/truth/heldout.jsonl").decode().splitlines()}
     R = cfg.world.resolution
     cases = []
-    for s in idx[:limit] if limit else idx:
+    for s in idx:
         keys = [f"world/{k}" for k in s["demos"]]
         demos = np.stack([E.load_png(store.get_bytes(k), R) for k in keys])
         labels = scorers.labels(demos)
@@ -63,10 +79,11 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
     images["oracle"] = E.oracle_images(case, recs, n, seeds, R)
     secs["oracle"], nbytes["oracle"] = 0.0, 0
     t = time.time()
-    images["base"] = E.base_images(cfg, ctx["base_unet"], ctx["clip"], recs, n, seeds)
+    images["base"] = E.base_images(cfg, ctx["backbone"], recs, n, seeds)
     secs["base"], nbytes["base"] = time.time() - t, 0
     if "expert" in ctx["methods"]:
-        images["expert"] = E.expert_images(cfg, store, case, recs, n, f"eval/{eval_id}/experts", ctx["base_state"], ctx["clip"])
+        images["expert"] = E.expert_images(cfg, store, case, recs, n, seeds, f"eval/{ctx['expert_id']}/experts",
+                                           ctx["base_state"], ctx["clip"])
         secs["expert"], nbytes["expert"] = case.seconds["expert"], case.bytes["expert"]
     if app is not None:
         t = time.time()
@@ -85,7 +102,8 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
             secs["dreamsuti"] = time.time() - t
             nbytes["dreamsuti"] = int(sum(v.numel() * v.element_size() for v in tuned.model.state_dict().values()))
             del rec
-    result = {"sid": case.sid, "class": case.word, "prompts": len(recs), "methods": {}}
+    result = {"sid": case.sid, "class": case.word, "prompts": len(recs), "prompt_protocol": E.PROMPT_PROTOCOL,
+              "methods": {}}
     records = []
     for m, ims in images.items():
         s = E.score(sc, store, ims, rr, demo_sets)
@@ -94,29 +112,30 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
             for i, im in enumerate(ims):
                 ik = f"eval/{eval_id}/images/{m}/{case.sid}/{i}.png"
                 store.put_bytes(ik, E.png_bytes(im))
+                # every method got this very prompt and seed for this slot (protocol "shared")
                 records.append({"record_id": f"{m}-{case.sid}-{i}", "image_key": ik, "method": m, "subject_id": case.sid,
-                                "prompt": rr[i]["text"], "demo_keys": case.demo_keys,
+                                "slot": i, "prompt": rr[i]["text"], "clip_t_text": rr[i]["class_text"],
+                                "seed": seeds[i // n], "demo_keys": case.demo_keys,
                                 "auto": {k: int(s[k][i]) for k in ("subject", "text", "photorealism")}})
     result["records"] = records
-    # K-shot: the apprentice with K = 0..5 demos on the first prompts
-    if app is not None:
-        kp = recs[: int(cfg.eval.get("kshot_prompts", 5))]
+    # K-shot: the apprentice with K = 0..5 demos on Table 1's first slots (same prompts, same
+    # seeds), so K = 0 sits on the very slots of the base row
+    if app is not None and cfg.eval.curves:  # the sweep skips the curves: it compares lambdas on Table 1 rows
+        kp = recs[: int(cfg.eval.kshot_prompts)]
         ks = {}
         for k in range(0, min(5, len(case.demos)) + 1):
             ims = E.apprentice_images(app, case, kp, n, seeds[: len(kp)], cfg, k=k)
             s = E.score(sc, store, ims, [r for r in kp for _ in range(n)], [case.demos] * len(ims))
             ks[str(k)] = {kk: s[kk].tolist() for kk in SCORE_KEYS}
         result["kshot"] = ks
-        # the base model on the very prompts and seeds of the K-shot curve: what K = 0 must match
-        ims = E.base_images(cfg, ctx["base_unet"], ctx["clip"], kp, n, seeds[: len(kp)], text_key="text")
-        s = E.score(sc, store, ims, [r for r in kp for _ in range(n)], [case.demos] * len(ims))
-        result["kshot_base"] = {kk: s[kk].tolist() for kk in SCORE_KEYS}
+        result["kshot_slots"] = len(kp) * n
         v2 = E.v2_records(case.described, cfg.seed)
         v2_seeds = E.seeds_for(case, len(v2), cfg.seed + 7)
         ims = E.apprentice_images(app, case, v2, n, v2_seeds, cfg, k=int(cfg.apprentice.demos))
         s = E.score(sc, store, ims, [r for r in v2 for _ in range(n)], [case.demos] * len(ims))
         result["v2"] = {"levels": [r["level"] for r in v2 for _ in range(n)], "overall": s["overall"].tolist()}
-    grid_rows = [list(case.demos[:3]) + [images[m][j * n] for m in images for j in (0, 20)]]
+    grid_rows = [list(case.demos[:3]) + [images[m][j * n] for m in images for j in GRID_PROMPTS]]
+    result["grid_methods"] = list(images)
     result["grid_row"] = [E.png_bytes(im).hex() for im in grid_rows[0]]
     store.put_json(key, result)
     return result
@@ -137,14 +156,13 @@ def aggregate(results: list[dict]) -> dict:
             parts = [{kk: np.asarray(v) for kk, v in r["kshot"][k].items()} for r in results]
             kshot.append({"k": int(k), **E.mean_scores(parts)})
     zero = None
-    if kshot and all("kshot_base" in r for r in results):
+    if kshot and all("base" in r["methods"] for r in results):
+        # K = 0 against the base row on the same slots (Table 1's first kshot_slots)
         a = np.concatenate([r["kshot"]["0"]["identity"] for r in results])
-        b = np.concatenate([r["kshot_base"]["identity"] for r in results])
-        parts = [{kk: np.asarray(v) for kk, v in r["kshot_base"].items()} for r in results]
-        # paired by prompt and seed: the noise of the difference is its standard error
+        b = np.concatenate([r["methods"]["base"]["scores"]["identity"][: r["kshot_slots"]] for r in results])
         d = a - b
-        zero = {"base": E.mean_scores(parts), "identity_diff": float(d.mean()),
-                "identity_diff_se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None}
+        zero = {"slots": int(len(d)), "identity_k0": float(a.mean()), "identity_base": float(b.mean()),
+                "identity_diff": float(d.mean()), "identity_max_abs_diff": float(np.abs(d).max())}
     v2 = []
     if all("v2" in r for r in results) and results:
         lv = np.concatenate([r["v2"]["levels"] for r in results])
@@ -187,13 +205,17 @@ def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
         checks["clip_t>=expert_clip_t-0.02"] = rep["clip_t"] >= rep["expert_clip_t"] - 0.02
     ks = {r["k"]: r for r in rep["kshot"]}
     z = rep["zero_demos_vs_base"]
-    if z and z.get("identity_diff_se") is not None:
-        # "within noise": the paired difference is under two standard errors (or 0.01)
-        checks["zero_demos_match_base"] = abs(z["identity_diff"]) <= max(2 * z["identity_diff_se"], 0.01)
+    if z:
+        # same slots, same prompts, same seeds, one sampling path: K = 0 is the base row
+        checks["zero_demos_equal_base"] = z["identity_max_abs_diff"] < 1e-6
+    gap = (rep["oracle_identity"] - rep["base_identity"]) if rep["oracle_identity"] is not None \
+        and rep["base_identity"] is not None else None
+    if {0, 3} <= ks.keys() and gap is not None:
+        checks["kshot_3_minus_0>=0.5*gap"] = ks[3]["identity"] - ks[0]["identity"] >= 0.5 * gap
     if {1, 3} <= ks.keys():
-        checks["identity_rises_1_to_3"] = ks[3]["identity"] > ks[1]["identity"]
+        checks["kshot_3>=kshot_1+0.02"] = ks[3]["identity"] >= ks[1]["identity"] + 0.02
     if {3, 5} <= ks.keys():
-        checks["five_not_worse_than_three"] = ks[5]["identity"] >= ks[3]["identity"] - 0.01
+        checks["kshot_5>=kshot_3-0.01"] = ks[5]["identity"] >= ks[3]["identity"] - 0.01
     if rep["dreamsuti_identity"] is not None and rep["apprentice_identity"] is not None:
         checks["dreamsuti_beats_apprentice"] = rep["dreamsuti_identity"] > rep["apprentice_identity"]
     rep["checks"] = checks
@@ -214,12 +236,13 @@ def markdown_table(table: list[dict]) -> str:
 @flow(name="eval", log_prints=True)
 def eval_flow(overrides: list[str] | None = None, force: bool = False, model: str | None = None,
               limit: int | None = None, dreambench: str | None = None, parent_run_id: str | None = None,
-              register_tags: bool = True) -> dict:
+              register_tags: bool = True, split: str | None = None) -> dict:
     import mlflow
 
     from suti.models.scorers import Scorers, load_state
     from suti.tasks.apprentice import Apprentice
-    from suti.tasks.foundation import load_base_unet, load_clip
+    from suti.models.backbone import load_backbone
+    from suti.tasks.foundation import load_clip
 
     cfg, store = prepare(overrides)
     lg = logger()
@@ -229,27 +252,31 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
         with open_dict(cfg):
             cfg.eval.dreambench_dir = dreambench
     limit = limit if limit is not None else cfg.eval.get("limit")
+    split = split or str(cfg.eval.split)
     model = model or cfg.eval.get("model") or "models:/suti-apprentice@candidate"
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
-    app = Apprentice.load(model, cfg, store)
-    version = _model_version(cfg, model)
+    # only rows that need an apprentice load one (`eval.methods=[oracle,base,expert]` measures the world)
+    needs_app = bool({"apprentice", "dreamsuti"} & set(cfg.eval.methods))
+    app = Apprentice.load(model, cfg, store) if needs_app else None
+    version = _model_version(cfg, model) if needs_app else None
     t0 = time.time()
     with mlflow_run(cfg, "eval", parent_run_id=parent_run_id, tags={"suti.model": model}) as rid:
         if cfg.eval.get("dreambench_dir"):
-            res = E.dreambench_eval(cfg, store, sc, app, load_base_unet(cfg, store), load_clip(cfg, store), limit,
-                                    int(cfg.eval.images_per_prompt))
+            res = E.dreambench_eval(cfg, store, sc, app, load_backbone(cfg, store), limit, int(cfg.eval.images_per_prompt))
             log_json(rid, res, "eval_dreambench.json")
             path = write_report(cfg, "eval_dreambench", res)
             lg.info(f"DreamBench folder: {res['subjects']} subjects, {res['prompts']} prompts, {res['images']} images "
                     f"per method; report {path}")
             return res
-        eval_id = f"world-{version or 'model'}-{cfg.eval.images_per_prompt}x{limit or 'all'}"
+        settings = E.eval_settings(cfg, store, split, limit)
+        model_id = f"v{version}" if version else E.model_fingerprint(app) if app is not None else "no-apprentice"
+        eval_id = f"world-{split}-{model_id}-{E.settings_digest(settings)}"
         if force:
             store.delete(f"eval/{eval_id}")
-        ctx = {"scorers": sc, "apprentice": app, "base_unet": load_base_unet(cfg, store), "clip": load_clip(cfg, store),
-               "base_state": load_state(store, "foundation/base/model.pt"),
-               "methods": list(cfg.eval.get("methods", E.METHODS))}
-        cases = _subject_cases(cfg, store, sc, limit)
+        ctx = {"scorers": sc, "apprentice": app, "backbone": load_backbone(cfg, store), "clip": load_clip(cfg, store),
+               "base_state": load_state(store, "foundation/base/model.pt"), "methods": list(settings["methods"]),
+               "expert_id": f"experts-{E.settings_digest(E.expert_settings(cfg, store))}"}
+        cases = _subject_cases(cfg, store, sc, limit, split)
         lg.info(f"evaluating {len(cases)} held-out subjects x 25 prompts x {cfg.eval.images_per_prompt} images, "
                 f"methods {ctx['methods']} (eval id {eval_id})")
         results = []
@@ -259,16 +286,21 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
         agg = aggregate(results)
         records = [x for r in results for x in r["records"]]
         store.put_bytes(f"eval/{eval_id}/records.jsonl", "\n".join(json.dumps(x) for x in records).encode())
-        grid = _grid([bytes.fromhex(h) for r in results[:8] for h in r["grid_row"]], len(results[0]["grid_row"]))
+        grid = _grid([bytes.fromhex(h) for r in results[:8] for h in r["grid_row"]], len(results[0]["grid_row"]),
+                     grid_labels(results[0]), [f"{r['sid']} {r['class']}" for r in results[:8]])
         store.put_bytes(f"eval/{eval_id}/grid.png", grid)
         log_bytes(rid, grid, "examples", "eval_grid.png")
         md = markdown_table(agg["table"])
         store.put_bytes(f"eval/{eval_id}/table.md", md.encode())
-        report = {**agg, "eval_id": eval_id, "model": model, "model_version": version, "subjects": len(cases),
+        for row in agg["table"]:
+            row["prompt_protocol"] = E.PROMPT_PROTOCOL
+        report = {**agg, "eval_id": eval_id, "model": model, "model_version": version, "model_id": model_id,
+                  "split": split, "subject_ids": [c.sid for c in cases], "prompt_protocol": E.PROMPT_PROTOCOL,
+                  "protocol": E.protocol_of(settings), "settings": settings, "subjects": len(cases),
                   "images_per_prompt": int(cfg.eval.images_per_prompt), "prompts_per_subject": 25,
                   "records": len(records), "mlflow_run_id": rid, "seconds": round(time.time() - t0, 1),
                   "grid": store.url(f"eval/{eval_id}/grid.png"),
-                  "grid_columns": "3 demos | then per method (oracle, base, expert, apprentice, dreamsuti): prompt 0 (jungle), prompt 20 (red)"}
+                  "grid_columns": GRID_COLUMNS_DOC}
         metrics = {f"{r['method']}.{k}": r[k] for r in agg["table"] for k in SCORE_KEYS + ("seconds_per_subject", "bytes_per_subject")
                    if r.get(k) is not None}
         metrics.update({f"kshot.{r['k']}.{k}": r[k] for r in agg["kshot"] for k in ("identity", "overall")})
@@ -280,15 +312,24 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
         if version and register_tags:
             row = next(r for r in agg["table"] if r["method"] == "apprentice")
             c = mlflow.MlflowClient()
+            proto = report["protocol"]
+            # scores keyed by protocol: promotion compares two versions only on one protocol
             for k in ("overall", "identity", "clip_t"):
                 c.set_model_version_tag("suti-apprentice", version, f"eval.{k}", f"{row[k]:.6f}")
+                c.set_model_version_tag("suti-apprentice", version, f"eval.{proto}.{k}", f"{row[k]:.6f}")
+            c.set_model_version_tag("suti-apprentice", version, "eval.protocol", proto)
+            c.set_model_version_tag("suti-apprentice", version, "eval.split", split)
             c.set_model_version_tag("suti-apprentice", version, "eval.run_id", rid)
     create_markdown_artifact(key="eval-table", markdown=md, description="Table 1 on the world's held-out subjects")
     create_table_artifact(key="eval-kshot", table=agg["kshot"], description="K-shot curve")
-    path = write_report(cfg, "eval", report)
-    app_rep = apprentice_report(agg, app.model.param_overhead())
-    write_report(cfg, "apprentice", {**app_rep, "eval_id": eval_id, "model": model, "model_version": version,
-                                     "subjects": len(cases), "images_per_prompt": int(cfg.eval.images_per_prompt)})
+    # reports/eval.json is Table 1 (test); a val evaluation (the sweep's, tuning) writes eval_val.json
+    suffix = "" if split == "test" else f"_{split}"
+    path = write_report(cfg, f"eval{suffix}", report)
+    app_rep = apprentice_report(agg, app.model.param_overhead() if app is not None else None)
+    write_report(cfg, f"apprentice{suffix}", {**app_rep, "split": split, "subject_ids": report["subject_ids"],
+                                              "eval_id": eval_id, "model": model, "model_version": version,
+                                              "subjects": len(cases),
+                                              "images_per_prompt": int(cfg.eval.images_per_prompt)})
     lg.info("\n" + md + f"\nreport {path}; apprentice checks {app_rep['checks']}")
     return report
 
@@ -308,12 +349,22 @@ def _model_version(cfg, model: str) -> str | None:
     return ref.strip("/") or None
 
 
-def _grid(pngs: list[bytes], cols: int) -> bytes:
+GRID_COLUMNS_DOC = "3 demos | then per method (oracle, base, expert, apprentice, dreamsuti): prompt 0 (jungle), prompt 20 (red)"
+
+
+def grid_labels(result: dict) -> list[str]:
+    """Column labels of the eval grid: the demos, then each method at each grid prompt."""
+    names = {0: "jungle", 20: "red"}
+    return ["demo 1", "demo 2", "demo 3"] + [f"{m} {names.get(j, j)}" for m in result.get("grid_methods", [])
+                                             for j in GRID_PROMPTS]
+
+
+def _grid(pngs: list[bytes], cols: int, labels: list[str] | None = None, row_labels: list[str] | None = None) -> bytes:
     from PIL import Image
 
-    from suti.world.render import grid
+    from suti.world.render import labelled_grid
 
     ims = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in pngs]
     buf = io.BytesIO()
-    grid(ims, cols, scale=3).save(buf, format="PNG")
+    labelled_grid(ims, cols, labels or [], row_labels or [], scale=3).save(buf, format="PNG")
     return buf.getvalue()

@@ -18,10 +18,11 @@ CHECK_LAMBDAS = [None, 0.0, 0.01, 0.02, 0.03]
 @task(name="delta-clip", cache_policy=NO_CACHE)
 def score_deltas(cfg, store) -> list[dict]:
     from suti.models.scorers import Scorers
+    from suti.tasks.experts import current_experts
     from suti.tasks.filter import delta_rows
 
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
-    rows = delta_rows(sc, store, cfg.world.resolution)
+    rows = delta_rows(sc, store, cfg.world.resolution, current_experts(cfg, store))
     store.put_bytes("filter/deltas.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
     store.mark_done("filter", {"rows": len(rows)})
     return rows

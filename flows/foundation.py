@@ -94,6 +94,7 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
                   "grid": store.url("foundation/examples/base_samples.png"),
                   "grid_rows": ["real renders", "base model", "untrained"], "grid_prompts": prompts}
         log_metrics(rid, {"clip.retrieval_top1": res["clip"]["retrieval_top1"], "identity.margin": res["identity"]["margin"] or float("nan"),
+                          "identity.same_caption_margin": res["identity"]["same_caption_margin"],
                           "rater.class_acc": res["rater"]["class_acc"], "rater.context_acc": res["rater"]["context_acc"],
                           "base.class_acc": res["base"]["class_acc"], "base.clip_t": res["base"]["clip_t"],
                           "real.clip_t": res["real_clip_t"], "untrained.class_acc": res["untrained"]["class_acc"],
@@ -103,8 +104,8 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
     path = write_report(cfg, "foundation", report)
     store.put_json(CHECKED, {"fingerprint": _fingerprint(cfg, store), "report": report})
     create_markdown_artifact(key="foundation-checks", markdown=_markdown(report), description="Foundation checks")
-    lg.info(f"foundation: CLIP top-1 {res['clip']['retrieval_top1']:.3f}, identity margin {res['identity']['margin']}, "
-            f"rater class {res['rater']['class_acc']:.3f} context {res['rater']['context_acc']:.3f}, base class "
+    lg.info(f"foundation: CLIP top-1 {res['clip']['retrieval_top1']:.3f}, identity margin {res['identity']['margin']} "
+            f"(same caption {res['identity']['same_caption_margin']:.3f}), rater class {res['rater']['class_acc']:.3f} context {res['rater']['context_acc']:.3f}, base class "
             f"{res['base']['class_acc']:.3f} CLIP-T {res['base']['clip_t']:.3f} (real {res['real_clip_t']:.3f}); report {path}")
     return report
 
@@ -113,13 +114,9 @@ CHECKED = "foundation/checks.json"
 
 
 def _finished(cfg, store, model: str) -> bool:
-    """Trained with this recipe (stores from before recipes were recorded: the same number of steps)."""
+    """Trained with this recipe (its training section, and the world it learned from)."""
     meta = store.done_meta(f"foundation/{model}")
-    if meta is None:
-        return False
-    if "recipe" in meta:
-        return meta["recipe"] == F.recipe(cfg, model)
-    return meta.get("steps") == int(cfg.foundation[model].steps)
+    return meta is not None and meta.get("recipe") == F.recipe(cfg, model)
 
 
 def _fingerprint(cfg, store) -> str:
@@ -138,6 +135,7 @@ def _markdown(r: dict) -> str:
         "| check | value |", "|---|---|",
         f"| CLIP image->caption top-1 (of {r['clip']['pool']}) | {r['clip']['retrieval_top1']:.3f} |",
         f"| identity margin | {r['identity']['margin']} |",
+        f"| identity margin, same caption | {r['identity'].get('same_caption_margin')} |",
         f"| rater class / context acc | {r['rater']['class_acc']:.3f} / {r['rater']['context_acc']:.3f} |",
         f"| base class acc / CLIP-T (real) | {r['base']['class_acc']:.3f} / {r['base']['clip_t']:.3f} ({r['real_clip_t']:.3f}) |",
         f"| untrained class acc / CLIP-T | {r['untrained']['class_acc']:.3f} / {r['untrained']['clip_t']:.3f} |",

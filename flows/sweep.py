@@ -26,6 +26,8 @@ def sweep_overrides(cfg, overrides: list[str]) -> list[str]:
     if s.get("eval_images_per_prompt") is not None:
         extra.append(f"eval.images_per_prompt={int(s.eval_images_per_prompt)}")
     extra.append("eval.methods=[base,apprentice]")
+    extra.append("eval.split=val")  # lambda is chosen on val; Table 1 reports test
+    extra.append("eval.curves=false")  # K-shot and v2 levels: not what the sweep compares
     return list(overrides or []) + extra
 
 
@@ -89,6 +91,7 @@ def sweep_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
                 mlflow.MlflowClient().set_tag(lrid, "suti.eval_id", ev["eval_id"])
                 out.append({"lambda": lam, "size": size, "overall": row["overall"], "identity": row["identity"],
                             "clip_t": row["clip_t"], "model_version": version, "eval_id": ev["eval_id"],
+                            "split": ev["split"], "subject_ids": ev["subject_ids"],
                             "mlflow_run_id": lrid})
                 lg.info(f"lambda={lam}: |G|={size}, overall {row['overall']:.3f}, identity {row['identity']:.3f}")
         done = [r for r in out if r["overall"] is not None]
@@ -98,7 +101,8 @@ def sweep_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
         best = max(done, key=lambda r: (r["overall"], r["identity"])) if done else None
         if best and best.get("model_version"):
             mlflow.MlflowClient().set_registered_model_alias("suti-apprentice", "candidate", best["model_version"])
-        report = {"lambdas": out, "parent_run_id": parent, "best": best, "seconds": round(time.time() - t0, 1),
+        subject_ids = sorted({sid for r in out for sid in r.get("subject_ids", [])})
+        report = {"split": "val", "subject_ids": subject_ids, "lambdas": out, "parent_run_id": parent, "best": best, "seconds": round(time.time() - t0, 1),
                   "plot": store.url("sweep/overall_vs_lambda.png")}
         log_json(parent, report, "sweep.json")
         if best:

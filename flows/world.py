@@ -19,13 +19,22 @@ def build_world_task(cfg, store) -> dict:
 
 
 def world_done(store, cfg) -> dict | None:
-    """The world's manifest when a finished world with this exact config is in the store."""
+    """The world's manifest when a finished world with this exact config, rendered by this
+    exact renderer (`renderer_version`: world version + renderer source), is in the store."""
     from dataclasses import asdict
+
+    from suti.world.corpus import renderer_version
 
     if not store.exists("world/manifest.json"):
         return None
     m = store.get_json("world/manifest.json")
-    return m["report"] if m.get("config") == asdict(world_config(cfg)) else None
+    if m.get("config") != asdict(world_config(cfg)):
+        return None
+    if m.get("renderer_version") != renderer_version():
+        logger().info(f"world: stored world was rendered by {m.get('renderer_version') or 'world v1'}, "
+                      f"the renderer is now {renderer_version()}: rebuilding it")
+        return None
+    return m["report"]
 
 
 @flow(name="world", log_prints=True)

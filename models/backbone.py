@@ -429,3 +429,38 @@ def sample_cfg(eps_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor
         step = scheduler.step(eps, t, x, generator=generator) if takes_gen else scheduler.step(eps, t, x)
         x = step.prev_sample
     return x
+
+
+@torch.no_grad()
+def text_to_image(backbone: Backbone, model_fn: Callable, prompt: str, num_images: int, guidance: float, kind: str,
+                  steps: int, seed: int, memory=None) -> np.ndarray:
+    """``num_images`` images for one prompt with classifier-free guidance: the one sampling
+    path of the base model, the apprentice (with or without demos) and the evaluation rows,
+    so a seed and a prompt give the same noise, and a model with no demos the same images.
+
+    ``model_fn(x, t, text_states, memory)`` returns the prediction; ``memory`` (batch 1 or
+    None) is broadcast, and CFG's unconditional half gets neither text nor demos."""
+    n, bb = int(num_images), backbone
+    dev = bb.device
+    text_c = bb.encode_text([prompt]).to(dev).expand(n, -1, -1)
+    mem_n = memory.expand(n) if memory is not None else None
+    guided = bool(guidance) and guidance != 1.0
+    if guided:
+        text_u = bb.encode_text([""]).to(dev).expand(n, -1, -1)
+        text_2 = torch.cat([text_u, text_c])
+        mem_2 = type(mem_n).cat([mem_n.without_demos(), mem_n]) if mem_n is not None else None
+
+    def eps(x, t, is_guided):
+        if is_guided:
+            return model_fn(x, t, text_2, mem_2)
+        return model_fn(x, t, text_c, mem_n)
+
+    gen = torch.Generator().manual_seed(int(seed))
+    dtype = next(bb.unet.parameters()).dtype
+    x = sample_cfg(eps, bb.sample_shape(n), bb.sampling_scheduler(kind, guidance), steps, guidance, gen, dev, dtype)
+    return bb.decode(x)
+
+
+def base_model_fn(backbone: Backbone) -> Callable:
+    """The backbone's own UNet as a ``model_fn`` for :func:`text_to_image` (no demos)."""
+    return lambda x, t, text, memory: backbone.unet(x, t, text).sample

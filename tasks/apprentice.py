@@ -46,7 +46,7 @@ from mlflow.pyfunc import PythonModel
 from omegaconf import DictConfig, OmegaConf
 
 from suti.models.apprentice import ApprenticeConfig, ApprenticeUNet, DemoMemory
-from suti.models.backbone import Backbone, load_backbone, load_exported, sample_cfg
+from suti.models.backbone import Backbone, load_backbone, load_exported, text_to_image
 from suti.models.diffusion import diffusion_loss
 
 log = logging.getLogger("suti.apprentice")
@@ -79,6 +79,20 @@ def rows_digest(rows: Sequence[dict]) -> str:
     for r in rows:
         h.update(json.dumps([r["sample_key"], r["prompt"], r["demo_keys"], r.get("demo_texts")]).encode())
     return h.hexdigest()[:16]
+
+
+def train_recipe(cfg: DictConfig, store, settings: "TrainSettings", rows_digest_: str, start: str | None = None) -> str:
+    """Everything a trained apprentice depends on: the training settings (not how it is run
+    or logged), the demo-attention architecture, the base model and the rows (G); for
+    Dream-SuTI also the model it starts from. A finished run is reused only on a match."""
+    from suti.store import digest
+
+    how = {"progress", "log_every", "checkpoint_every", "accelerator", "strategy", "devices"}
+    part = {"settings": {k: v for k, v in asdict(settings).items() if k not in how},
+            "architecture": asdict(apprentice_config(cfg)),
+            "base": (store.done_meta("foundation/base") or {}).get("recipe"),
+            "backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "rows": rows_digest_, "start": start}
+    return digest(part)
 
 
 # ---------------------------------------------------------------------------- settings
@@ -510,15 +524,16 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
         force = False
     elif force:
         store.delete(prefix)
+    recipe = train_recipe(cfg, store, settings, digest)
     meta = store.done_meta(prefix)
-    if meta is not None and meta.get("steps") == settings.steps and meta.get("rows_digest") == digest:
-        log.info(f"{prefix}: finished earlier ({meta['steps']} steps), reusing it")
+    if meta is not None and meta.get("recipe") == recipe:
+        log.info(f"{prefix}: finished earlier ({meta['steps']} steps, same recipe), reusing it")
         return {**meta, "reused": True}
     if _launched_rank() == 0:
         if store.exists(f"{prefix}/last.json"):
             last = store.get_json(f"{prefix}/last.json")
-            if last.get("rows_digest") not in (None, digest):
-                log.warning(f"{prefix}: the checkpoint was trained on other rows; starting over")
+            if last.get("recipe") != recipe:
+                log.warning(f"{prefix}: the checkpoint was trained with another recipe or rows; starting over")
                 store.delete(prefix)
         if store.exists(f"{prefix}/_DONE.json"):
             store.delete(f"{prefix}/_DONE.json")  # the run changes: not finished until marked again
@@ -529,7 +544,7 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
     app = ApprenticeUNet(backbone.unet, apprentice_config(cfg))
     images = ImageSource(store, backbone.resolution)
     fit = fit_apprentice(backbone, app, rows, images, settings, store, prefix, _local_dir(cfg, run_name), run_id,
-                         {"rows_digest": digest})
+                         {"rows_digest": digest, "recipe": recipe})
     if not fit["global_zero"]:
         return {}
     apprentice = Apprentice(backbone, app, sampling_defaults(cfg),
@@ -537,7 +552,7 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
                              "train_base": settings.train_base, "backbone": backbone.describe()})
     apprentice.to(default_device())
     record = _finish_run(cfg, store, apprentice, rows, images, prefix, run_id, fit,
-                         {"rows": len(rows), "rows_digest": digest, "run_name": run_name})
+                         {"rows": len(rows), "rows_digest": digest, "recipe": recipe, "run_name": run_name})
     record["seconds"] = round(time.time() - t0, 1)
     store.mark_done(prefix, record)
     return record
@@ -829,26 +844,8 @@ class Apprentice:
         guidance = float(self.defaults["guidance"] if guidance is None else guidance)
         kind = str(scheduler or self.defaults["scheduler"])
         steps = int(steps or self.defaults["steps"])
-        bb, dev = self.backbone, self.device
         memory = self.encode_demos(demos, demo_texts)
-        text_c = bb.encode_text([prompt]).to(dev).expand(n, -1, -1)
-        mem_n = memory.expand(n) if memory is not None else None
-        if guidance and guidance != 1.0:
-            text_u = bb.encode_text([""]).to(dev).expand(n, -1, -1)
-            text_2 = torch.cat([text_u, text_c])
-            mem_2 = DemoMemory.cat([mem_n.without_demos(), mem_n]) if mem_n is not None else None
-        else:
-            text_2 = mem_2 = None
-
-        def eps(x, t, guided):
-            if guided:
-                return self.model(x, t, text_2, mem_2)
-            return self.model(x, t, text_c, mem_n)
-
-        gen = torch.Generator().manual_seed(int(seed))
-        dtype = next(self.model.parameters()).dtype
-        x = sample_cfg(eps, bb.sample_shape(n), bb.sampling_scheduler(kind, guidance), steps, guidance, gen, dev, dtype)
-        return list(bb.decode(x))
+        return list(text_to_image(self.backbone, self.model, prompt, n, guidance, kind, steps, seed, memory))
 
 
 # ---------------------------------------------------------------------------- MLflow pyfunc
@@ -1121,25 +1118,29 @@ def dreamsuti(cfg: DictConfig, store, apprentice: Apprentice, images: Sequence[n
              "demo_texts": [texts[i] for i in range(len(keys)) if i != j]} for j in range(len(keys))]
     src = ImageSource(store, apprentice.backbone.resolution, dict(zip(keys, images)))
     digest = hashlib.sha256(b"".join(src.get(k).tobytes() for k in keys) + json.dumps(list(texts)).encode()).hexdigest()[:16]
+    from suti.tasks.evaluate import model_fingerprint
+
+    recipe = train_recipe(cfg, store, settings, digest, start=model_fingerprint(apprentice))
     if force:
         store.delete(prefix)
     meta = store.done_meta(prefix)
-    if meta is not None and meta.get("steps") == settings.steps and meta.get("rows_digest") == digest:
+    if meta is not None and meta.get("recipe") == recipe:
         return {**meta, "reused": True}
-    if store.exists(f"{prefix}/last.json") and store.get_json(f"{prefix}/last.json").get("rows_digest") != digest:
-        store.delete(prefix)  # another subject under the same name: start over
+    if store.exists(f"{prefix}/last.json") and store.get_json(f"{prefix}/last.json").get("recipe") != recipe:
+        store.delete(prefix)  # another subject, start model or recipe under the same name: start over
     t0 = time.time()
     model = apprentice.model.cpu()
     apprentice.backbone.to("cpu")
     fit = fit_apprentice(apprentice.backbone, model, rows, src, settings, store, prefix, _local_dir(cfg, run_name),
-                         run_id, {"rows_digest": digest})
+                         run_id, {"rows_digest": digest, "recipe": recipe})
     if not fit["global_zero"]:
         return {}
     tuned = Apprentice(apprentice.backbone, model, {**apprentice.defaults, "demos": 1},
                        {**apprentice.meta, "run_name": run_name, "dreamsuti": name, "train_base": settings.train_base
                         or apprentice.meta.get("train_base", False), "steps": fit["steps"]}).to(default_device())
     record = _finish_run(cfg, store, tuned, rows, src, prefix, run_id, fit,
-                         {"rows": len(rows), "rows_digest": digest, "run_name": run_name, "images": len(images)})
+                         {"rows": len(rows), "rows_digest": digest, "recipe": recipe, "run_name": run_name,
+                          "images": len(images)})
     record["seconds"] = round(time.time() - t0, 1)
     store.mark_done(prefix, record)
     return record

@@ -3,9 +3,11 @@ templates per subject, N images per prompt), the K-shot curve and DreamBench-v2-
 compositional levels; and the same protocol on a real DreamBench folder.
 
 Rows: oracle (real renders of the subject in the prompt's scene: reads the world's
-truth, evaluation only), base (class word only), expert (DreamBooth's role: the base
+truth, evaluation only), base (the words alone), expert (DreamBooth's role: the base
 fine-tuned on the subject's demos), apprentice (SuTI, in context) and Dream-SuTI.
-Every method gets the same prompts and the same seeds.
+Protocol "shared": every method gets the same prompt and the same seed per (subject,
+prompt, image) slot: the DreamBench prompt with the subject phrase the captioner gives for
+the demos; CLIP-T is scored against the class-word prompt (edits kept), as DreamBench does.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from suti.world.scene import Scene, Subject, appearance_phrase, compose, stable_
 
 log = logging.getLogger("suti.eval")
 METHODS = ("oracle", "base", "expert", "apprentice", "dreamsuti")
+PROMPT_PROTOCOL = "shared"  # one prompt and one seed per slot for every method
+PROTOCOL_VERSION = 2  # bump when prompts, seeds or scores change meaning: results are keyed by it
 
 
 # ---------------------------------------------------------------- prompts
@@ -62,8 +66,10 @@ def _record(subject: Subject, r: dict, level: int | None = None) -> dict:
     rec = {"context": r.get("context", "studio"), "view": r.get("view", "front"), "edits": list(r.get("edits", [])),
            "accessories": list(r.get("accessories", [])), "style": r.get("style", "photo")}
     args = (rec["context"], rec["view"], tuple(rec["accessories"]), rec["style"])
-    rec["text"] = compose(appearance_phrase(subject, tuple(rec["edits"])), *args)  # the subject, described
-    rec["class_text"] = compose(appearance_phrase(subject, tuple(rec["edits"]), colours=False), *args)  # class word only
+    # The shared prompt: every method gets it (the DreamBench prompt with the subject phrase the
+    # captioner gives for the demos); CLIP-T scores against the class-word prompt, edits kept.
+    rec["text"] = compose(appearance_phrase(subject, tuple(rec["edits"])), *args)
+    rec["class_text"] = compose(appearance_phrase(subject, tuple(rec["edits"]), colours=False), *args)
     if level is not None:
         rec["level"] = level
     return rec
@@ -77,6 +83,83 @@ def described_subject(labels: list[dict], sid: str, word: str) -> Subject:
 
     cls = class_key_of(word) or vote("cls")
     return Subject(sid, cls, vote("body"), vote("accent"), vote("pattern"), 1.0, 1.0, 0, "")
+
+
+# ---------------------------------------------------------------- what a result is keyed by
+
+def _foundation_meta(store) -> dict:
+    """The trained foundation models' recipes: the base model and the scorers behind every row."""
+    return {m: (store.done_meta(f"foundation/{m}") or {}).get("recipe") for m in ("clip", "identity", "rater", "base")}
+
+
+def _world_key(cfg) -> dict:
+    from suti.world.corpus import renderer_version
+
+    w = cfg.world
+    return {"renderer": renderer_version(), "seed": int(w.seed), "resolution": int(w.resolution),
+            "heldout_subjects": int(w.heldout_subjects), "val_subjects": int(w.val_subjects),
+            "demos_per_heldout": int(w.demos_per_heldout)}
+
+
+def eval_settings(cfg, store, split: str, limit: int | None) -> dict:
+    """Every setting that changes an evaluation's images or scores (besides the model)."""
+    from omegaconf import OmegaConf
+
+    ev, a = cfg.eval, cfg.apprentice
+    return {"protocol_version": PROTOCOL_VERSION, "prompt_protocol": PROMPT_PROTOCOL, "split": split,
+            "limit": limit, "images_per_prompt": int(ev.images_per_prompt), "guidance": float(ev.guidance),
+            "scheduler": str(ev.scheduler), "sample_steps": int(ev.sample_steps), "seed": int(cfg.seed),
+            "methods": list(OmegaConf.to_container(ev.methods)), "kshot_prompts": int(ev.kshot_prompts),
+            "curves": bool(ev.curves),
+            "apprentice_demos": int(a.demos),
+            "dreamsuti": {k: a.get(k) for k in ("dreamsuti_steps", "dreamsuti_lr", "dreamsuti_batch_size",
+                                                "dreamsuti_train_base")},
+            "expert": OmegaConf.to_container(cfg.expert, resolve=True),
+            "world": _world_key(cfg), "foundation": _foundation_meta(store)}
+
+
+def expert_settings(cfg, store) -> dict:
+    """What the evaluation's expert row depends on (not the apprentice): experts are reused
+    by every evaluation with these settings."""
+    from omegaconf import OmegaConf
+
+    ev = cfg.eval
+    return {"protocol_version": PROTOCOL_VERSION, "expert": OmegaConf.to_container(cfg.expert, resolve=True),
+            "images_per_prompt": int(ev.images_per_prompt), "guidance": float(ev.guidance),
+            "scheduler": str(ev.scheduler), "sample_steps": int(ev.sample_steps), "seed": int(cfg.seed),
+            "world": _world_key(cfg), "base": _foundation_meta(store)["base"]}
+
+
+def protocol_of(settings: dict) -> str:
+    """The protocol two scores must share to be compared: version, split, subjects, images per
+    prompt, sampler, seed, world and scorers (not which rows were run)."""
+    from suti.store import digest
+
+    keep = ("protocol_version", "prompt_protocol", "split", "limit", "images_per_prompt", "guidance", "scheduler",
+            "sample_steps", "seed", "apprentice_demos", "world")
+    part = {k: settings[k] for k in keep}
+    part["scorers"] = {k: v for k, v in settings["foundation"].items() if k != "base"}
+    return f"p{settings['protocol_version']}-{settings['split']}-{digest(part)[:8]}"
+
+
+def settings_digest(settings: dict) -> str:
+    from suti.store import digest
+
+    return digest(settings)[:10]
+
+
+def model_fingerprint(app) -> str:
+    """A content hash of an apprentice (weights + sampling defaults): what keys the results of
+    a model that has no registry version (an exported folder, a store run)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(json.dumps(app.defaults, sort_keys=True, default=str).encode())
+    for name, t in sorted(app.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "m" + h.hexdigest()[:12]
 
 
 # ---------------------------------------------------------------- scoring
@@ -129,13 +212,15 @@ def oracle_images(case: SubjectCase, recs: list[dict], n: int, seeds: list[int],
                      for r, s in zip(recs, seeds) for k in range(n)])
 
 
-def base_images(cfg, base_unet, clip, recs: list[dict], n: int, seeds: list[int], text_key: str = "class_text") -> np.ndarray:
-    """The base model on each record's `text_key` (the class-word prompt for Table 1's row)."""
-    from suti.tasks.experts import sample_prompts
+def base_images(cfg, backbone, recs: list[dict], n: int, seeds: list[int], text_key: str = "text") -> np.ndarray:
+    """The base model on each record's shared prompt (what the words alone carry), on the very
+    sampling path of the apprentice (`text_to_image`): a frozen-base apprentice with no demos
+    gives these same images."""
+    from suti.models.backbone import base_model_fn, text_to_image
 
-    out = [sample_prompts(base_unet, clip, cfg.backbone.clip_config, [r[text_key]], n, cfg.eval.scheduler,
-                          cfg.eval.sample_steps, cfg.eval.guidance, s, cfg.backbone) for r, s in zip(recs, seeds)]
-    return np.concatenate(out)
+    fn = base_model_fn(backbone)
+    return np.concatenate([text_to_image(backbone, fn, r[text_key], n, cfg.eval.guidance, cfg.eval.scheduler,
+                                         cfg.eval.sample_steps, s) for r, s in zip(recs, seeds)])
 
 
 def apprentice_images(app, case: SubjectCase, recs: list[dict], n: int, seeds: list[int], cfg, k: int | None = None,
@@ -150,13 +235,15 @@ def apprentice_images(app, case: SubjectCase, recs: list[dict], n: int, seeds: l
     return np.stack(out)
 
 
-def expert_images(cfg, store, case: SubjectCase, recs: list[dict], n: int, root: str, base_state, clip) -> np.ndarray:
-    """DreamBooth's row: fine-tune the base on the subject's demos (cached per subject)."""
+def expert_images(cfg, store, case: SubjectCase, recs: list[dict], n: int, seeds: list[int], root: str, base_state,
+                  clip) -> np.ndarray:
+    """DreamBooth's row: fine-tune the base on the subject's demos (cached per subject), then
+    sample each slot's shared prompt with the slot's seed, at the evaluation's sampler."""
     from suti.tasks.experts import ExpertSpec, read_image, run_expert
 
     spec = ExpertSpec(cluster_id=case.sid, image_keys=case.demo_keys, texts=case.demo_texts,
                       prompts=[{**r} for r in recs])
-    res = run_expert(spec, cfg, store, base_state, clip, root=root, samples_per_prompt=n)
+    res = run_expert(spec, cfg, store, base_state, clip, root=root, samples_per_prompt=n, slot_seeds=seeds)
     rec = store.get_json(f"{root}/{case.sid}/record.json")
     case.seconds["expert"] = rec["train_seconds"] + rec["sample_seconds"]
     lora = f"{root}/{case.sid}/lora.safetensors"
@@ -225,7 +312,7 @@ def read_dreambench(root: str | Path, R: int, limit: int | None = None) -> tuple
     return subjects, {"object_prompts": obj, "live_prompts": live, "skipped_images": skipped}
 
 
-def dreambench_eval(cfg, store, scorers, app, base_unet, clip, limit: int | None, n: int) -> dict:
+def dreambench_eval(cfg, store, scorers, app, backbone, limit: int | None, n: int) -> dict:
     """The DreamBench protocol on a real folder with the configured stack: 30 subjects x 25
     prompts x n images; the oracle row is real-vs-real similarity (DreamBench's)."""
     R = cfg.world.resolution
@@ -247,7 +334,7 @@ def dreambench_eval(cfg, store, scorers, app, base_unet, clip, limit: int | None
             off = ~np.eye(m, dtype=bool)
             rows["oracle"].append({"identity": (e_id @ e_id.T)[off], "clip_i": (e_clip @ e_clip.T)[off]})
         seeds = [stable_seed("dreambench", s["name"], j) % 2 ** 31 for j in range(len(recs))]
-        b = base_images(cfg, base_unet, clip, recs, n, seeds)
+        b = base_images(cfg, backbone, recs, n, seeds)
         a = np.concatenate([np.stack(app.generate(list(demos), None, r["text"], num_images=n, guidance=cfg.eval.guidance,
                                                   scheduler=cfg.eval.scheduler, steps=cfg.eval.sample_steps, seed=sd))
                             for r, sd in zip(recs, seeds)]) if app is not None else None

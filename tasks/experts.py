@@ -73,6 +73,40 @@ def expert_specs(store, limit: int | None = None) -> list[ExpertSpec]:
     return specs[:limit] if limit else specs
 
 
+def expert_fingerprint(spec: ExpertSpec, cfg: DictConfig, base_state: dict | None, samples_per_prompt: int,
+                       slot_seeds: list[int] | None = None) -> str:
+    """What an expert's outputs depend on: its cluster (images, texts, prompts), the expert
+    recipe, the base model, the samples per prompt (and the evaluation's seeds and sampler
+    when it serves Table 1). A stored expert is reused only while this is unchanged."""
+    from omegaconf import OmegaConf
+
+    from suti.store import digest
+
+    base = (base_state or {}).get("meta", {})
+    part = {"spec": spec.model_dump(), "expert": OmegaConf.to_container(cfg.expert, resolve=True),
+            "base": {k: base.get(k) for k in ("unet_config", "schedule", "steps", "recipe")},
+            "samples_per_prompt": int(samples_per_prompt), "seed": int(cfg.seed)}
+    if slot_seeds is not None:
+        part["slots"] = {"seeds": [int(x) for x in slot_seeds],
+                         "sampler": OmegaConf.to_container(cfg.eval, resolve=True)}
+    return digest(part)
+
+
+def current_experts(cfg: DictConfig, store, root: str = "experts") -> list[dict]:
+    """Records of the finished experts of the current mining and `expert.clusters` (not every
+    expert ever stored: an expert of an earlier mining or recipe is left out)."""
+    from suti.models.scorers import load_state
+
+    base_state = load_state(store, "foundation/base/model.pt")
+    n = int(cfg.expert.samples_per_prompt)
+    out = []
+    for spec in expert_specs(store, cfg.expert.get("clusters")):
+        meta = store.done_meta(f"{root}/{spec.cluster_id}")
+        if meta and meta.get("fingerprint") == expert_fingerprint(spec, cfg, base_state, n):
+            out.append(store.get_json(f"{root}/{spec.cluster_id}/record.json"))
+    return out
+
+
 def read_image(store, key: str, resolution: int) -> np.ndarray:
     img = Image.open(io.BytesIO(store.get_bytes(key))).convert("RGB")
     if img.size != (resolution, resolution):
@@ -146,19 +180,24 @@ def sample_prompts(unet, clip, clip_name: str, prompts: list[str], n_per_prompt:
 
 
 def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip, root: str = "experts",
-               samples_per_prompt: int | None = None) -> ExpertResult:
+               samples_per_prompt: int | None = None, slot_seeds: list[int] | None = None) -> ExpertResult:
     """Train one expert, sample its prompts, write samples + record + done marker (last).
     `root` is where experts live (`experts/` for the data engine, `eval/experts/` for the
-    evaluation's DreamBooth row)."""
+    evaluation's DreamBooth row). With `slot_seeds` (the evaluation) each prompt is sampled
+    with its own seed at the evaluation's sampler settings, as every other method is."""
     from diffusers import UNet2DConditionModel
 
     prefix = f"{root}/{spec.cluster_id}"
-    if store.is_done(prefix):
+    ecfg, R = cfg.expert, cfg.world.resolution
+    n_per = int(samples_per_prompt or ecfg.samples_per_prompt)
+    fp = expert_fingerprint(spec, cfg, base_state, n_per, slot_seeds)
+    meta = store.done_meta(prefix)
+    if meta is not None and meta.get("fingerprint") == fp:
         rec = store.get_json(f"{prefix}/record.json")
         return ExpertResult(cluster_id=spec.cluster_id, status="reused", samples=len(rec["samples"]),
                             train_seconds=rec["train_seconds"], sample_seconds=rec["sample_seconds"])
-    ecfg, R = cfg.expert, cfg.world.resolution
-    n_per = int(samples_per_prompt or ecfg.samples_per_prompt)
+    if meta is not None:  # an expert of another cluster content, recipe or base: redo it
+        store.delete(prefix)
     seed = stable_seed("expert", spec.cluster_id, cfg.seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(base_state["meta"]["unet_config"])
@@ -169,15 +208,25 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip,
     train_s = time.time() - t0
     t1 = time.time()
     prompt_texts = [p["text"] for p in spec.prompts]
-    samples = sample_prompts(unet, clip, cfg.backbone.clip_config, prompt_texts, n_per,
-                             ecfg.scheduler, ecfg.sample_steps, ecfg.guidance, seed + 1, cfg.backbone)
+    if slot_seeds is None:
+        seeds = [seed + 1] * len(prompt_texts)
+        samples = sample_prompts(unet, clip, cfg.backbone.clip_config, prompt_texts, n_per,
+                                 ecfg.scheduler, ecfg.sample_steps, ecfg.guidance, seed + 1, cfg.backbone)
+    else:
+        from suti.models.backbone import TinyBackbone, base_model_fn, text_to_image
+
+        seeds = [int(s) for s in slot_seeds]
+        ev = cfg.eval
+        bb = TinyBackbone(clip, cfg.backbone.clip_config, unet.eval(), TinyBackbone._schedule(cfg.backbone))
+        samples = np.concatenate([text_to_image(bb, base_model_fn(bb), t, n_per, ev.guidance, ev.scheduler,
+                                                ev.sample_steps, s) for t, s in zip(prompt_texts, seeds)])
     sample_s = time.time() - t1
     records = []
     for j, img in enumerate(samples):
         key = f"{prefix}/samples/{j}.png"
         store.put_bytes(key, png_bytes(img))
         p = spec.prompts[j // n_per]
-        records.append({"key": key, "prompt": p["text"], "prompt_record": p, "seed": seed + 1, "index": j})
+        records.append({"key": key, "prompt": p["text"], "prompt_record": p, "seed": seeds[j // n_per], "index": j})
     if ecfg.method == "lora":
         from peft import get_peft_model_state_dict
         from safetensors.torch import save as st_save
@@ -192,9 +241,10 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip,
               "lr": ecfg.lr, "optimizer": ecfg.optimizer, "batch_size": ecfg.batch_size, "final_loss": loss,
               "scheduler": ecfg.scheduler, "sample_steps": ecfg.sample_steps, "guidance": ecfg.guidance,
               "seed": seed, "demo_keys": spec.image_keys, "demo_texts": spec.texts, "samples": records,
+              "fingerprint": fp,
               "train_seconds": round(train_s, 2), "sample_seconds": round(sample_s, 2)}
     store.put_json(f"{prefix}/record.json", record)
-    store.mark_done(prefix, {"samples": len(records)})
+    store.mark_done(prefix, {"samples": len(records), "fingerprint": fp})
     return ExpertResult(cluster_id=spec.cluster_id, status="trained", samples=len(records),
                         train_seconds=round(train_s, 2), sample_seconds=round(sample_s, 2))
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from suti.models.scorers import Scorers
-from suti.tasks.experts import finished_experts, read_image, sample_prompts
+from suti.tasks.experts import current_experts, read_image, sample_prompts
 from suti.tasks.foundation import load_base_unet, load_clip
 from suti.tasks.judge import identity_scores, judge
 from suti.world.render import grid, render
@@ -38,7 +38,7 @@ def check_experts(cfg, store, n_clusters: int = 30) -> dict:
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
     labels, subjects = truth_subjects(store)
     R = cfg.world.resolution
-    recs = finished_experts(store)[:n_clusters]
+    recs = current_experts(cfg, store)[:n_clusters]
     if not recs:
         return {"clusters": 0}
     base = load_base_unet(cfg, store)

@@ -11,13 +11,14 @@ import json
 
 import numpy as np
 
-from suti.tasks.experts import finished_experts, read_image
+from suti.tasks.experts import read_image
 
 
-def delta_rows(scorers, store, resolution: int) -> list[dict]:
-    """One row per expert sample with its delta and what the apprentice needs to train."""
+def delta_rows(scorers, store, resolution: int, records: list[dict]) -> list[dict]:
+    """One row per sample of the given expert records (`current_experts`: the experts of the
+    current mining and `expert.clusters`) with its delta and what the apprentice needs."""
     rows = []
-    for rec in finished_experts(store):
+    for rec in records:
         demos = np.stack([read_image(store, k, resolution) for k in rec["demo_keys"]])
         samples = np.stack([read_image(store, s["key"], resolution) for s in rec["samples"]])
         prompts = [s["prompt"] for s in rec["samples"]]

@@ -33,7 +33,13 @@ def recipe(cfg: DictConfig, model: str) -> dict:
     model the UNet and noise schedule): a finished model is reused only while this is unchanged."""
     from omegaconf import OmegaConf
 
-    out = {"train": OmegaConf.to_container(cfg.foundation[model], resolve=True), "seed": int(cfg.seed)}
+    from suti.world.corpus import renderer_version
+
+    w = cfg.world
+    out = {"train": OmegaConf.to_container(cfg.foundation[model], resolve=True), "seed": int(cfg.seed),
+           # the pre-training renders it learned from: the renderer and what sizes the corpus
+           "world": {"renderer": renderer_version(), "resolution": int(w.resolution),
+                     "pretrain_subjects": int(w.pretrain_subjects), "pretrain_images": int(w.pretrain_images)}}
     if model == "base":
         out["unet"] = OmegaConf.to_container(cfg.backbone.unet, resolve=True)
         out["schedule"] = schedule_config(cfg.backbone)
@@ -72,10 +78,32 @@ def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
     by_subject: dict[str, list[int]] = {}
     for i, s in enumerate(scenes):
         by_subject.setdefault(s["subject"]["id"], []).append(i)
-    groups = [v for v in by_subject.values() if len(v) >= 2]
+    sids = [k for k, v in by_subject.items() if len(v) >= 2]
+    groups = [by_subject[k] for k in sids]
+    # Hard negatives: subjects that share class and body colour word (what a caption says of
+    # them) in one batch, so the embedder learns what words cannot say (world v2).
+    word_of = {s["subject"]["id"]: (s["subject"]["cls"], s["subject"]["body"]) for s in scenes}
+    by_words: dict[tuple, list[int]] = {}
+    for gi, sid in enumerate(sids):
+        by_words.setdefault(word_of[sid], []).append(gi)
+    hard_pools = [v for v in by_words.values() if len(v) >= 2]
+    p_hard = float(c.get("hard_batches", 0.0))
+    per_pool = 4
+
+    def pick_groups(rng):
+        n = min(c.subjects_per_batch, len(groups))
+        if not hard_pools or rng.random() >= p_hard:
+            return rng.choice(len(groups), size=n, replace=False)
+        out: list[int] = []
+        for pool in rng.permutation(len(hard_pools)):
+            members = hard_pools[int(pool)]
+            out += [int(x) for x in rng.choice(members, size=min(per_pool, len(members)), replace=False)]
+            if len(out) >= n:
+                break
+        return np.asarray(out[:n])
 
     def batch(rng):
-        picks = rng.choice(len(groups), size=min(c.subjects_per_batch, len(groups)), replace=False)
+        picks = pick_groups(rng)
         idx, ids = [], []
         for g in picks:
             members = groups[int(g)]
@@ -207,20 +235,7 @@ def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dic
     res["clip"] = {"retrieval_top1": float(np.mean(hits)), "pool": min(100, len(ims)), "groups": groups,
                    "chance": 1.0 / min(100, len(ims))}
 
-    # identity: same subject in different contexts vs different subject of the same class
-    emb = sc.identity_embed(ims)
-    same, diff = [], []
-    for i in range(len(scenes)):
-        for j in range(i + 1, len(scenes)):
-            a, b = scenes[i], scenes[j]
-            if a.subject.id == b.subject.id and a.context != b.context:
-                same.append(float(emb[i] @ emb[j]))
-            elif a.subject.id != b.subject.id and a.subject.cls == b.subject.cls:
-                diff.append(float(emb[i] @ emb[j]))
-    ms = float(np.mean(same)) if same else None
-    md = float(np.mean(diff)) if diff else None
-    res["identity"] = {"same_subject": ms, "other_subject_same_class": md,
-                       "margin": ms - md if same and diff else None, "pairs": [len(same), len(diff)]}
+    res["identity"] = identity_checks(cfg, sc, scenes, ims)
 
     # rater
     pred = sc.labels(ims)
@@ -260,6 +275,48 @@ def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dic
     res["_grid"] = grid([im for r in rows for im in r], k, scale=3)
     res["_prompts"] = prompts[:k]
     return res
+
+
+def identity_checks(cfg: DictConfig, sc, scenes: list[Scene], ims: np.ndarray) -> dict:
+    """Identity embedder: same subject in different contexts vs a different subject of the
+    same class (`margin`, on held-out renders), and vs a subject with the identical caption
+    (`same_caption_margin`, on new subjects)."""
+    emb = sc.identity_embed(ims)
+    same, diff = [], []
+    for i in range(len(scenes)):
+        for j in range(i + 1, len(scenes)):
+            a, b = scenes[i], scenes[j]
+            if a.subject.id == b.subject.id and a.context != b.context:
+                same.append(float(emb[i] @ emb[j]))
+            elif a.subject.id != b.subject.id and a.subject.cls == b.subject.cls:
+                diff.append(float(emb[i] @ emb[j]))
+    ms = float(np.mean(same)) if same else None
+    md = float(np.mean(diff)) if diff else None
+    return {"same_subject": ms, "other_subject_same_class": md, "margin": ms - md if same and diff else None,
+            "pairs": [len(same), len(diff)], **same_caption_margin(cfg, sc)}
+
+
+def same_caption_margin(cfg: DictConfig, sc, groups: int = 12, per_group: int = 4, scenes: int = 3) -> dict:
+    """World v2's point, measured on the identity embedder: new subjects (never rendered for
+    training) in groups that share every word of their caption, each in a few random scenes.
+    Margin = mean similarity of two scenes of the same subject - mean similarity of two
+    subjects with the identical caption."""
+    from suti.world.corpus import same_caption_subjects
+
+    R = cfg.world.resolution
+    rng = rng_for("same-caption-check", cfg.seed)
+    gs = same_caption_subjects(groups, per_group, seed=cfg.seed + 1)
+    items = [(gi, si, random_scene(rng, s)) for gi, g in enumerate(gs) for si, s in enumerate(g) for _ in range(scenes)]
+    emb = sc.identity_embed(np.stack([render(x, R) for _, _, x in items]))
+    sim = emb @ emb.T
+    same, other = [], []
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            if items[i][0] != items[j][0]:
+                continue
+            (same if items[i][1] == items[j][1] else other).append(float(sim[i, j]))
+    return {"same_caption_same_subject": float(np.mean(same)), "same_caption_other_subject": float(np.mean(other)),
+            "same_caption_margin": float(np.mean(same) - np.mean(other)), "same_caption_pairs": [len(same), len(other)]}
 
 
 def untrained_unet(cfg: DictConfig):

@@ -1,6 +1,10 @@
 """Promotion by alias: compare the `candidate` version of a registered model with the
 `champion` on the evaluation's overall score (then identity), move `champion` when the
-candidate is better by a margin, and record why in the versions' tags."""
+candidate is better by a margin, and record why in the versions' tags.
+
+Scores are keyed by the evaluation protocol that made them (`eval.<protocol>.overall`, see
+`tasks.evaluate.protocol_of`): a candidate without a test-split evaluation on the current
+protocol version is never promoted, and two versions are compared only on one protocol."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,14 +21,33 @@ class Decision:
     champion_after: str | None
 
 
-def _score(client, name: str, version: str) -> tuple[float | None, float | None]:
-    v = client.get_model_version(name, version)
-    def num(key):
-        try:
-            return float(v.tags[key]) if key in v.tags else None
-        except ValueError:
-            return None
-    return num("eval.overall"), num("eval.identity")
+def _tags(client, name: str, version: str) -> dict:
+    return dict(client.get_model_version(name, version).tags)
+
+
+def _num(tags: dict, key: str) -> float | None:
+    try:
+        return float(tags[key]) if key in tags else None
+    except ValueError:
+        return None
+
+
+def current_protocol(tags: dict) -> str | None:
+    """The protocol of the version's latest test-split evaluation, when it is one of this
+    code's protocol version (`p<PROTOCOL_VERSION>-test-...`); else None."""
+    from suti.tasks.evaluate import PROTOCOL_VERSION
+
+    proto = tags.get("eval.protocol")
+    if proto and proto.startswith(f"p{PROTOCOL_VERSION}-test-") and f"eval.{proto}.overall" in tags:
+        return proto
+    # the latest evaluation was another split (a sweep's val): any current test protocol
+    found = sorted(k[len("eval."):-len(".overall")] for k in tags
+                   if k.startswith(f"eval.p{PROTOCOL_VERSION}-test-") and k.endswith(".overall"))
+    return found[-1] if found else None
+
+
+def _score(tags: dict, proto: str) -> tuple[float | None, float | None]:
+    return _num(tags, f"eval.{proto}.overall"), _num(tags, f"eval.{proto}.identity")
 
 
 def decide(cand: tuple[float | None, float | None], champ: tuple[float | None, float | None] | None,
@@ -60,7 +83,21 @@ def promote(client, margin: float = 0.0, name: str = MODEL) -> Decision:
         champ = None
     if champ == cand:
         return Decision(False, "candidate is already the champion", cand, champ, champ)
-    ok, why = decide(_score(client, name, cand), _score(client, name, champ) if champ else None, margin)
+    ctags = _tags(client, name, cand)
+    proto = current_protocol(ctags)
+    if proto is None:
+        why = ("candidate has no evaluation on the current protocol (test split): run `suti eval` first; "
+               "champion unchanged")
+        ok = False
+    elif champ is None:
+        ok, why = decide(_score(ctags, proto), None, margin)
+    else:
+        htags = _tags(client, name, champ)
+        if f"eval.{proto}.overall" not in htags:
+            ok, why = False, (f"champion v{champ} has no score on protocol {proto}, so the two cannot be compared: "
+                              f"evaluate it with `suti eval --model models:/{name}/{champ}`; champion unchanged")
+        else:
+            ok, why = decide(_score(ctags, proto), _score(htags, proto), margin)
     client.set_model_version_tag(name, cand, "promotion.decision", "promoted" if ok else "kept-champion")
     client.set_model_version_tag(name, cand, "promotion.reason", why)
     if ok:

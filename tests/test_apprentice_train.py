@@ -219,6 +219,12 @@ def test_zero_demos_is_the_base_model(trained):
                        OmegaConf.create({"scheduler": "dpm", "sample_steps": 3, "guidance": 5.0}), seed=5,
                        backbone=cfg.backbone)
     assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(got, fb)) <= 6
+    # Table 1's base row samples on the apprentice's own path: K = 0 is the base row, bit for bit.
+    from suti.tasks.evaluate import base_images
+
+    ecfg = OmegaConf.merge(cfg, {"eval": {"guidance": 5.0, "scheduler": "dpm", "sample_steps": 3}})
+    base_row = base_images(ecfg, base_bb, [{"text": "a teddy bear on the beach"}], 2, [5])
+    assert all(np.array_equal(a, b) for a, b in zip(got, base_row))
     # Demos do act once the gates are open (the equality above is not vacuous).
     demos = [read_rgb(store, k) for k in row["demo_keys"][:3]]
     app.model.set_gates(0.5)
@@ -247,6 +253,23 @@ def test_rerun_reuses_the_finished_run(trained):
     t0 = time.time()
     rec = train_apprentice(trained["cfg"], trained["store"], load_G(trained["store"], None), "lam-none")
     assert rec["reused"] and rec["steps"] == 4 and time.time() - t0 < 5
+
+
+def test_changed_recipe_retrains(trained):
+    """A finished run is reused only when its whole recipe matches: a changed lr retrains."""
+    from omegaconf import OmegaConf
+
+    from suti.tasks.apprentice import load_G, train_apprentice
+
+    cfg, store = trained["cfg"], trained["store"]
+    rows = load_G(store, None)
+    first = train_apprentice(cfg, store, rows, "recipe-check")
+    assert not first.get("reused") and train_apprentice(cfg, store, rows, "recipe-check")["reused"]
+    lr2 = OmegaConf.merge(cfg, {"apprentice": {"lr": float(cfg.apprentice.lr) * 2}})
+    again = train_apprentice(lr2, store, rows, "recipe-check")
+    assert not again.get("reused") and again["recipe"] != first["recipe"] and again["steps_run"] == again["steps"]
+    demos3 = OmegaConf.merge(cfg, {"apprentice": {"demos": int(cfg.apprentice.demos) + 1}})
+    assert not train_apprentice(demos3, store, rows, "recipe-check").get("reused")
 
 
 def test_dreamsuti_finetunes_on_one_subject(trained):

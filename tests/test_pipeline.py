@@ -106,3 +106,43 @@ def test_sweep_nests_runs_and_eval_promote(engine):
     pr = promote_flow(overrides=ov)
     assert pr["champion_after"] is not None
     assert c.get_model_version_by_alias("suti-apprentice", "champion").version == pr["champion_after"]
+    _check_protocol(store, sw, ev)
+    _check_unregistered_models_get_their_own_results(ov, store, sw)
+
+
+def _check_protocol(store, sw, ev):
+    """World v2's yardstick: val for the sweep, test for Table 1; one prompt and seed per slot."""
+    idx = store.get_json("world/heldout/index.json")["subjects"]
+    split = {s["id"]: s["split"] for s in idx}
+    assert sw["split"] == "val" and sw["subject_ids"] and all(split[s] == "val" for s in sw["subject_ids"])
+    assert all(r["split"] == "val" for r in sw["lambdas"] if r["overall"] is not None)  # the sweep never reads test
+    assert ev["split"] == "test" and ev["subject_ids"] and all(split[s] == "test" for s in ev["subject_ids"])
+    assert not set(sw["subject_ids"]) & set(ev["subject_ids"])
+    assert all(r["prompt_protocol"] == "shared" for r in ev["table"])
+    records = [json.loads(x) for x in store.get_bytes(f"eval/{ev['eval_id']}/records.jsonl").decode().splitlines()]
+    by_slot: dict = {}
+    for r in records:
+        by_slot.setdefault((r["subject_id"], r["slot"]), set()).add((r["prompt"], r["seed"]))
+    methods = {r["method"] for r in records}
+    assert methods == {"base", "expert", "apprentice", "dreamsuti"}
+    assert by_slot and all(len(v) == 1 for v in by_slot.values())  # same prompt and seed across methods
+    z = ev["zero_demos_vs_base"]
+    assert z["slots"] > 0 and z["identity_max_abs_diff"] < 1e-6  # K = 0 is the base row
+
+
+def _check_unregistered_models_get_their_own_results(ov, store, sw):
+    """Two models without a registry version: results keyed by content, never shared."""
+    from suti.flows.eval import eval_flow
+    from suti.flows.sweep import sweep_overrides
+    from suti.flows.common import prepare
+
+    cfg, _ = prepare(ov)
+    names = [f"sweep-lam{'none' if r['lambda'] is None else r['lambda']}" for r in sw["lambdas"] if r["overall"] is not None]
+    runs = {n: store.done_meta(f"apprentice/{n}")["rows_digest"] for n in names if store.is_done(f"apprentice/{n}")}
+    a, b = [n for i, n in enumerate(runs) if list(runs.values()).index(runs[n]) == i][:2]  # different rows
+    ov2 = sweep_overrides(cfg, ov)
+    ea, eb = eval_flow(overrides=ov2, model=a), eval_flow(overrides=ov2, model=b)
+    assert ea["model_id"] != eb["model_id"] and ea["eval_id"] != eb["eval_id"]
+    ra = next(r for r in ea["table"] if r["method"] == "apprentice")
+    rb = next(r for r in eb["table"] if r["method"] == "apprentice")
+    assert (ra["identity"], ra["clip_t"]) != (rb["identity"], rb["clip_t"])

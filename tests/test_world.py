@@ -78,3 +78,85 @@ def test_generic_caption_has_no_brand():
     s = make_subject(np.random.default_rng(0), "x", "backpack")
     cap = generic_caption(Scene(s, "beach", view="back", accessories=("hat",), style="watercolor"))
     assert s.brand not in cap and "backpack" in cap and "on the beach" in cap and "back view" in cap
+
+
+# ---------------------------------------------------------------- world v2: words name a subject only coarsely
+
+def test_same_caption_subjects_render_differently():
+    from suti.world.corpus import same_caption_subjects
+    from suti.world.scene import caption_key, nearest_colour
+
+    groups = same_caption_subjects(rows=4, per_row=4)
+    assert len(groups) == 4
+    for g in groups:
+        assert len({caption_key(s) for s in g}) == 1  # every word of the caption is shared
+        assert len({s.id for s in g}) == len(g)
+        assert all(nearest_colour(s.body_rgb) == s.body and nearest_colour(s.accent_rgb) == s.accent for s in g)
+        ims = [render(Scene(s, "studio", seed=1), 32).astype(int) for s in g]
+        for i in range(len(ims)):
+            for j in range(i + 1, len(ims)):
+                # the same scene, the same words, a visibly different subject
+                assert np.abs(ims[i] - ims[j]).mean() > 4.0
+
+
+def test_identity_survives_views_and_styles():
+    """The emblem and pattern are drawn in every view; a style does not erase the subject."""
+    s = make_subject(np.random.default_rng(11), "x", "backpack")
+    plain = s.__class__(**{**s.__dict__, "emblem": 0})
+    for kw in (dict(view="side"), dict(view="back"), dict(view="top"), dict(style="watercolor"), dict(edits=("cube",))):
+        a = render(Scene(s, "studio", seed=2, **kw), 64).astype(int)
+        b = render(Scene(plain, "studio", seed=2, **kw), 64).astype(int)
+        assert np.abs(a - b).sum() > 0, kw  # the emblem is there
+
+
+def test_captions_use_vocabulary_words_only():
+    rng = np.random.default_rng(4)
+    words = set()
+    for col in V.COLOURS:
+        words.add(col)
+    for _ in range(50):
+        s = make_subject(rng, "x")
+        cap = generic_caption(Scene(s, "snow", edits=("red",)))
+        assert "red" in cap and s.word in cap and s.brand not in cap
+        assert not any(ch.isdigit() for ch in cap)
+
+
+def test_class_prompt_keeps_a_colour_edit():
+    from suti.tasks.evaluate import dreambench_records
+
+    s = make_subject(np.random.default_rng(2), "x", "backpack")
+    recs = {tuple(r["edits"]): r for r in dreambench_records(s)}
+    assert recs[("red",)]["class_text"] == "a red backpack"
+    assert recs[("red",)]["text"].startswith("a red backpack with ")
+
+
+def test_val_and_test_split_disjoint_and_cover_classes(tmp_path):
+    store, rep = _build(tmp_path, "s", heldout_subjects=9, val_subjects=3)
+    idx = store.get_json("world/heldout/index.json")["subjects"]
+    val = [s["id"] for s in idx if s["split"] == "val"]
+    test = [s["id"] for s in idx if s["split"] == "test"]
+    assert len(val) == 3 and len(test) == 6 and not set(val) & set(test)
+    assert rep["splits"] == {"val": 3, "test": 6}
+    assert len({s["class"] for s in idx if s["split"] == "val"}) == 3
+    assert store.exists("world/examples/same_caption.png")
+
+
+def test_stale_world_is_rebuilt_when_the_renderer_changes(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    import suti.world.corpus as corpus
+    from suti.flows.world import world_done
+
+    store, rep = _build(tmp_path, "v")
+    cfg = OmegaConf.create({"world": asdict(WorldConfig(**SMALL))})
+    assert world_done(store, cfg)["sha256"] == rep["sha256"]
+    assert rep["renderer_version"] == corpus.renderer_version()
+    monkeypatch.setattr(corpus, "renderer_version", lambda: "v2-edited000000")
+    assert world_done(store, cfg) is None  # an edited renderer never reuses the old world
+    # ... and the foundation models trained on it are stale too
+    from suti.tasks.foundation import recipe
+
+    assert recipe(OmegaConf.create({"world": asdict(WorldConfig(**SMALL)), "seed": 0,
+                                    "foundation": {"clip": {"steps": 1}}}), "clip")["world"]["renderer"] == "v2-edited000000"

@@ -4,7 +4,7 @@
 Store layout under the `world/` prefix:
   pages.jsonl                 url + [{key, alt}] per page: all a pipeline stage may read
   web/<page>/<k>.png          page images
-  heldout/index.json          held-out subject ids and class words (DreamBench gives both)
+  heldout/index.json          held-out subject ids, class words and split (val | test)
   heldout/<hid>/demo_<k>.png  demonstration images of each held-out subject
   pretrain/images.npy         foundation pre-training renders (N, R, R, 3) uint8
   pretrain/scenes.jsonl       their scenes (the pre-training corpus's own captions come from these)
@@ -32,6 +32,23 @@ from suti.world.scene import (Scene, SceneMix, Subject, alt_text, make_subject, 
 
 log = logging.getLogger("suti.world")
 
+# World v2: continuous colours, pattern geometry, emblems, silhouettes (words name a subject
+# only coarsely). Bumping it rebuilds every stored world and everything trained on one.
+WORLD_VERSION = 2
+_RENDERER_FILES = ("vocab.py", "scene.py", "render.py")  # what decides pixels and words
+
+
+def renderer_version() -> str:
+    """The world's code version: WORLD_VERSION and a digest of the renderer's source, so an
+    edited renderer never silently reuses a world (or models) rendered by the old one."""
+    from importlib import resources
+
+    h = hashlib.sha256(f"world-v{WORLD_VERSION}".encode())
+    pkg = resources.files("suti.world")
+    for name in _RENDERER_FILES:
+        h.update(name.encode() + b"\0" + (pkg / name).read_bytes())
+    return f"v{WORLD_VERSION}-{h.hexdigest()[:12]}"
+
 
 @dataclass
 class WorldConfig:
@@ -39,6 +56,7 @@ class WorldConfig:
     resolution: int = 32  # pixels per side (32 default, 64 works)
     page_subjects: int = 1500  # subjects with a shop page (the mining corpus)
     heldout_subjects: int = 30  # evaluation subjects, never on a page (DreamBench has 30)
+    val_subjects: int = 10  # of those, the validation split (sweeps, tuning); the rest is `test`
     demos_per_heldout: int = 5  # demonstration images per held-out subject
     mixed_pages: int = 150  # noise: pages whose images show different subjects
     duplicate_pages: int = 100  # noise: one image repeated with tiny changes
@@ -69,6 +87,16 @@ def heldout_subjects(cfg: WorldConfig) -> list[Subject]:
     """Held-out identities: classes cycled so every class is evaluated."""
     rng = rng_for("heldout", cfg.seed)
     return [make_subject(rng, f"h{i:03d}", V.CLASS_KEYS[i % len(V.CLASS_KEYS)]) for i in range(cfg.heldout_subjects)]
+
+
+def heldout_split(cfg: WorldConfig) -> dict[str, str]:
+    """Held-out subject id -> "val" | "test": every k-th subject is validation, so both
+    splits cycle through the classes; disjoint, and neither ever appears on a page."""
+    n, v = cfg.heldout_subjects, min(cfg.val_subjects, cfg.heldout_subjects)
+    step = max(1, n // v) if v else 0
+    val = {i for i in range(n) if v and i % step == step - 1}
+    val = set(sorted(val)[:v])
+    return {f"h{i:03d}": ("val" if i in val else "test") for i in range(n)}
 
 
 def page_subjects(cfg: WorldConfig) -> list[Subject]:
@@ -172,8 +200,9 @@ def build_world(cfg: WorldConfig, store, progress=None) -> dict:
             digest.update(data)
             store.put_bytes(f"world/heldout/{s.id}/demo_{k}.png", data)
             demos.setdefault(s.id, []).append(img)
+    split = heldout_split(cfg)
     store.put_json("world/heldout/index.json",
-                   {"subjects": [{"id": s.id, "class": s.word, "live": V.CLASSES[s.cls][1],
+                   {"subjects": [{"id": s.id, "class": s.word, "live": V.CLASSES[s.cls][1], "split": split[s.id],
                                   "demos": [f"heldout/{s.id}/demo_{k}.png" for k in range(cfg.demos_per_heldout)]}
                                  for s in held]})
 
@@ -192,6 +221,9 @@ def build_world(cfg: WorldConfig, store, progress=None) -> dict:
     heldout_ids = {s.id for s in held}
     heldout_on_pages = sum(1 for lab in labels if lab["subject_id"] in heldout_ids)
     report = {
+        "world_version": WORLD_VERSION, "renderer_version": renderer_version(),
+        "splits": {k: sum(1 for v in split.values() if v == k) for k in ("val", "test")},
+        "same_caption_groups": _same_caption_groups(subjects, 2),
         "seed": cfg.seed, "resolution": R, "subjects": len(subjects), "heldout_subjects": len(held),
         "pages": len(pages), "images": len(labels),
         "pages_by_kind": {k: sum(1 for _, kk, _ in page_list if kk == k) for k in ("subject", "mixed", "duplicate", "small")},
@@ -200,7 +232,8 @@ def build_world(cfg: WorldConfig, store, progress=None) -> dict:
         "deterministic": rerender_matches(store, labels, cfg, n=100),
         "heldout_on_pages": heldout_on_pages, "seconds": round(time.time() - t0, 2),
     }
-    store.put_json("world/manifest.json", {"config": asdict(cfg), "report": report})
+    store.put_json("world/manifest.json", {"config": asdict(cfg), "renderer_version": report["renderer_version"],
+                                           "report": report})
     return report
 
 
@@ -236,6 +269,47 @@ def _write_examples(store, pages, labels, held, demos, R) -> None:
                      + [Scene(s, accessories=(a,), seed=1) for a in V.ACCESSORY_KEYS]
                      + [Scene(s, "beach", style=st, seed=1) for st in V.STYLE_KEYS])
     store.put_bytes("world/examples/factors.png", _png(grid([render(x, R) for x in factor_scenes], 8, scale=3)))
+    store.put_bytes("world/examples/same_caption.png", _png(same_caption_grid(R)))
+
+
+def _same_caption_groups(subjects: list[Subject], min_size: int) -> int:
+    """How many captions are shared by at least `min_size` different subjects."""
+    from collections import Counter
+
+    from suti.world.scene import caption_key
+
+    return sum(1 for n in Counter(caption_key(s) for s in subjects).values() if n >= min_size)
+
+
+def same_caption_subjects(rows: int = 6, per_row: int = 6, seed: int = 0) -> list[list[Subject]]:
+    """Groups of different subjects that share every word of their caption: for each of
+    `rows` captions, `per_row` subjects drawn until that many share it."""
+    from suti.world.scene import caption_key
+
+    rng = rng_for("same-caption", seed)
+    groups: dict[str, list[Subject]] = {}
+    out = []
+    for i in range(200000):
+        s = make_subject(rng, f"c{i:06d}", V.CLASS_KEYS[len(out) % len(V.CLASS_KEYS)])
+        g = groups.setdefault(caption_key(s), [])
+        g.append(s)
+        if len(g) == per_row:
+            out.append(g)
+            groups.clear()
+            if len(out) == rows:
+                break
+    return out
+
+
+def same_caption_grid(R: int, rows: int = 6, per_row: int = 6) -> Image.Image:
+    """One row per caption: different subjects the caption cannot tell apart, each in the
+    same studio scene (the world's point at a glance), the caption left of the row."""
+    from suti.world.render import labelled_grid
+    from suti.world.scene import appearance_phrase
+
+    groups = same_caption_subjects(rows, per_row)
+    ims = [render(Scene(s, "studio", seed=1), R) for g in groups for s in g]
+    return labelled_grid(ims, per_row, [], ["a " + appearance_phrase(g[0]) for g in groups], scale=3)
 
 
 def _png(img: Image.Image) -> bytes:

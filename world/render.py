@@ -205,23 +205,54 @@ def draw_context(key: str, S: int, rng: np.random.Generator) -> Image.Image:
 
 # ---------------------------------------------------------------- subjects
 
-def _pattern(S: int, body, accent, pattern: str, u: float) -> Image.Image:
-    img = Image.new("RGB", (S, S), body)
-    d = ImageDraw.Draw(img)
-    p = 4 * u  # period: 4 target pixels
-    if pattern == "stripes":
-        for y in np.arange(0, S, p):
-            d.rectangle([0, y, S, y + p / 2 - 0.01], fill=accent)
-    elif pattern == "dots":
-        for j, y in enumerate(np.arange(p / 2, S, p)):
-            for x in np.arange(p / 2 + (j % 2) * p / 2, S, p):
-                d.ellipse([x - 0.3 * p, y - 0.3 * p, x + 0.3 * p, y + 0.3 * p], fill=accent)
-    elif pattern == "checker":
-        for j, y in enumerate(np.arange(0, S, p / 1.4)):
-            for i, x in enumerate(np.arange(0, S, p / 1.4)):
-                if (i + j) % 2 == 0:
-                    d.rectangle([x, y, x + p / 1.4, y + p / 1.4], fill=accent)
-    return img
+def _pattern(S: int, body, accent, subject, box, u: float) -> Image.Image:
+    """The body's fill: the subject's own pattern geometry (period, fill, angle), anchored
+    to the subject's box so it moves with the subject, not with the canvas."""
+    img = np.empty((S, S, 3), np.uint8)
+    img[:] = body
+    pattern = subject.pattern
+    if pattern != "plain":
+        yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
+        xx, yy = xx - box[0], yy - box[1]
+        a = np.deg2rad(subject.pattern_angle)
+        along = xx * np.cos(a) + yy * np.sin(a)
+        across = -xx * np.sin(a) + yy * np.cos(a)
+        p = subject.pattern_period * u
+        if pattern == "stripes":
+            m = (along % p) < subject.pattern_fill * p
+        elif pattern == "dots":
+            cu, cv = (along % p) - p / 2, (across % p) - p / 2
+            m = cu * cu + cv * cv < (0.55 * subject.pattern_fill * p) ** 2
+        elif pattern == "checker":
+            q = p * (0.6 + 0.5 * subject.pattern_fill)
+            m = (np.floor(along / q) + np.floor(across / q)) % 2 == 0
+        else:
+            raise ValueError(f"unknown pattern {pattern!r}")
+        img[m] = accent
+    return Image.fromarray(img)
+
+
+def _emblem(d: ImageDraw.ImageDraw, scene: Scene, mask: Image.Image, box, plate, acc, u: float) -> None:
+    """The subject's glyph (its logo): 3x3 cells in the accent colour on a plate of body
+    colour, at the body's centre; it survives views, edits and styles like a logo does."""
+    g = scene.subject.emblem
+    if not g:
+        return
+    m = np.asarray(mask) > 0
+    ys, xs = np.nonzero(m)
+    if not len(xs):
+        return
+    cx, cy = float(xs.mean()), float(ys.mean())
+    if scene.subject.cls == "clock" and "cube" not in scene.edits:
+        cy += 0.22 * (box[3] - box[1])  # below the hands, on the face's lower half
+    cell = 1.25 * u
+    half, pad = 1.5 * cell, 0.5 * u
+    d.rectangle([cx - half - pad, cy - half - pad, cx + half + pad, cy + half + pad], fill=plate)
+    for k in range(9):
+        if g >> k & 1:
+            r, c = divmod(k, 3)
+            x, y = cx - half + c * cell, cy - half + r * cell
+            d.rectangle([x, y, x + cell - 0.01, y + cell - 0.01], fill=acc)
 
 
 def _body_mask(scene: Scene, box, S: int) -> Image.Image:
@@ -231,6 +262,7 @@ def _body_mask(scene: Scene, box, S: int) -> Image.Image:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     cls, var, view = scene.subject.cls, scene.subject.variant, scene.view
+    k = scene.subject.shape  # 0..1: each class's own continuous silhouette parameter
     if "cube" in scene.edits:
         side = min(w, h) * 1.05
         cx, by = (x0 + x1) / 2, y1
@@ -242,42 +274,55 @@ def _body_mask(scene: Scene, box, S: int) -> Image.Image:
         h = y1 - y0
         box = (x0, y0, x1, y1)
     if cls == "backpack":
-        d.rounded_rectangle(box, radius=(0.18 + 0.08 * var) * w, fill=255)
+        d.rounded_rectangle(box, radius=(0.08 + 0.22 * k + 0.05 * var) * w, fill=255)
     elif cls in ("mug", "can"):
-        d.rounded_rectangle(box, radius=0.06 * w, fill=255)
+        # the top narrower or wider than the bottom (taper), corners from square to round
+        t = (k - 0.5) * 0.24 * w
+        d.polygon([(x0 + max(0.0, t), y0), (x1 - max(0.0, t), y0), (x1 - max(0.0, -t), y1), (x0 + max(0.0, -t), y1)],
+                  fill=255)
+        d.rounded_rectangle([x0 + abs(t) / 2, y0, x1 - abs(t) / 2, y1], radius=(0.02 + 0.12 * k) * w, fill=255)
     elif cls == "bowl":
-        d.chord([x0, y0 - h * 0.9, x1, y1], 0, 180, fill=255)
+        d.chord([x0, y0 - h * (0.5 + 0.8 * k), x1, y1], 0, 180, fill=255)
     elif cls == "candle":
-        d.rectangle([x0 + 0.25 * w, y0 + 0.2 * h, x1 - 0.25 * w, y1], fill=255)
+        m_ = 0.15 + 0.2 * k
+        d.rectangle([x0 + m_ * w, y0 + 0.2 * h, x1 - m_ * w, y1], fill=255)
     elif cls == "clock":
         if var == 2:
-            d.rounded_rectangle(box, radius=0.15 * w, fill=255)
+            d.rounded_rectangle(box, radius=(0.05 + 0.25 * k) * w, fill=255)
         else:
-            d.ellipse(box, fill=255)
+            e = 0.15 * (k - 0.5) * w  # from tall oval to wide oval
+            d.ellipse([x0 - e, y0 + e, x1 + e, y1 - e], fill=255)
     elif cls == "sneaker":
-        d.polygon([(x0, y1), (x0, y0 + 0.55 * h), (x0 + 0.35 * w, y0 + 0.45 * h), (x0 + 0.6 * w, y0 + 0.1 * h),
-                   (x1 - 0.05 * w, y0 + 0.1 * h), (x1, y1)], fill=255)
+        top = 0.1 + 0.3 * k  # low or high ankle
+        d.polygon([(x0, y1), (x0, y0 + (0.4 + 0.3 * k) * h), (x0 + 0.35 * w, y0 + 0.45 * h), (x0 + 0.6 * w, y0 + top * h),
+                   (x1 - 0.05 * w, y0 + top * h), (x1, y1)], fill=255)
     elif cls == "teapot":
-        d.ellipse([x0 + 0.12 * w, y0 + 0.25 * h, x1 - 0.12 * w, y1], fill=255)
+        m_ = 0.04 + 0.16 * k
+        d.ellipse([x0 + m_ * w, y0 + (0.15 + 0.15 * k) * h, x1 - m_ * w, y1], fill=255)
     elif cls == "vase":
-        neck = (0.12 + 0.05 * var) * w
+        neck = (0.08 + 0.05 * var + 0.06 * k) * w
+        belly = 0.45 + 0.3 * k
         cx = (x0 + x1) / 2
-        d.polygon([(cx - neck, y0), (cx + neck, y0), (cx + neck, y0 + 0.25 * h), (x1, y0 + 0.6 * h),
-                   (cx + 0.3 * w, y1), (cx - 0.3 * w, y1), (x0, y0 + 0.6 * h), (cx - neck, y0 + 0.25 * h)], fill=255)
+        d.polygon([(cx - neck, y0), (cx + neck, y0), (cx + neck, y0 + 0.25 * h), (x1, y0 + belly * h),
+                   (cx + 0.3 * w, y1), (cx - 0.3 * w, y1), (x0, y0 + belly * h), (cx - neck, y0 + 0.25 * h)], fill=255)
     elif cls == "plushie":
         cx = (x0 + x1) / 2
+        hr = 0.24 + 0.12 * k  # head size
         d.ellipse([x0 + 0.05 * w, y0 + 0.42 * h, x1 - 0.05 * w, y1], fill=255)
-        d.ellipse([cx - 0.3 * w, y0 + 0.05 * h, cx + 0.3 * w, y0 + 0.55 * h], fill=255)
+        d.ellipse([cx - hr * w, y0 + 0.05 * h, cx + hr * w, y0 + 0.55 * h], fill=255)
         for ex in (cx - 0.28 * w, cx + 0.28 * w):
-            d.ellipse([ex - 0.12 * w, y0, ex + 0.12 * w, y0 + 0.2 * h], fill=255)
+            er = 0.08 + 0.08 * k
+            d.ellipse([ex - er * w, y0, ex + er * w, y0 + 0.2 * h], fill=255)
     elif cls == "robot":
         cx = (x0 + x1) / 2
-        d.rectangle([cx - 0.28 * w, y0 + 0.08 * h, cx + 0.28 * w, y0 + 0.42 * h], fill=255)
-        d.rectangle([x0 + 0.1 * w, y0 + 0.45 * h, x1 - 0.1 * w, y1], fill=255)
+        hw = 0.2 + 0.16 * k  # head width
+        d.rectangle([cx - hw * w, y0 + 0.08 * h, cx + hw * w, y0 + 0.42 * h], fill=255)
+        d.rectangle([x0 + (0.16 - 0.12 * k) * w, y0 + 0.45 * h, x1 - (0.16 - 0.12 * k) * w, y1], fill=255)
     elif cls in ("dog", "cat"):
-        d.ellipse([x0, y0 + 0.4 * h, x1 - 0.15 * w, y1 - 0.18 * h], fill=255)
+        d.ellipse([x0, y0 + (0.32 + 0.16 * k) * h, x1 - 0.15 * w, y1 - 0.18 * h], fill=255)
         hx = x1 - 0.22 * w
-        d.ellipse([hx - 0.22 * w, y0 + 0.12 * h, hx + 0.22 * w, y0 + 0.55 * h], fill=255)
+        hr = 0.18 + 0.08 * k  # head size
+        d.ellipse([hx - hr * w, y0 + 0.12 * h, hx + hr * w, y0 + 0.55 * h], fill=255)
         for lx in (x0 + 0.12 * w, x0 + 0.3 * w, x1 - 0.45 * w, x1 - 0.3 * w):
             d.rectangle([lx, y1 - 0.22 * h, lx + 0.08 * w, y1], fill=255)
         if cls == "cat":
@@ -294,7 +339,7 @@ def _body_mask(scene: Scene, box, S: int) -> Image.Image:
 def _details(d: ImageDraw.ImageDraw, scene: Scene, box, u: float) -> None:
     """Accent-coloured details that identify the class and the individual."""
     s = scene.subject
-    acc, dark = _c(s.accent), (20, 20, 20)
+    acc, dark = s.accent_colour, (20, 20, 20)
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     cx = (x0 + x1) / 2
@@ -405,16 +450,16 @@ def _subject_layer(scene: Scene, S: int, rng: np.random.Generator) -> tuple[Imag
     if scene.subject.cls in ("bowl", "sneaker"):
         h *= 0.6
     box = ((cx - w / 2) * S, (bottom - h) * S, (cx + w / 2) * S, bottom * S)
-    body = _c(s.body)
+    body = s.body_colour
     for e in scene.edits:
         if e in ("red", "purple"):
             body = _c(e)
-    accent = _c(s.accent)
+    accent = s.accent_colour
     if "wet" in scene.edits:
         body, accent = _shade(body, 0.72), _shade(accent, 0.72)
     layer = Image.new("RGBA", (S, S), (0, 0, 0, 0))
     mask = _body_mask(scene, box, S)
-    fill = _pattern(S, body, accent, s.pattern if scene.view != "top" else "plain", u)
+    fill = _pattern(S, body, accent, s, box, u)
     layer.paste(fill.convert("RGBA"), (0, 0), mask)
     # a dark outline so the silhouette reads on any background
     edge = mask.filter(ImageFilter.MaxFilter(3)).point(lambda v: 255 if v else 0)
@@ -422,6 +467,7 @@ def _subject_layer(scene: Scene, S: int, rng: np.random.Generator) -> tuple[Imag
     layer.paste((max(0, body[0] - 90), max(0, body[1] - 90), max(0, body[2] - 90), 255), (0, 0), outline)
     d = ImageDraw.Draw(layer)
     _details(d, scene, box, u)
+    _emblem(d, scene, mask, box, body, accent, u)
     if "shiny" in scene.edits:
         x0, y0, x1, y1 = box
         hl = Image.new("RGBA", (S, S), (0, 0, 0, 0))
@@ -497,3 +543,26 @@ def grid(images: list[np.ndarray], cols: int, scale: int = 2, pad: int = 1) -> I
     for i, im in enumerate(images):
         g.paste(Image.fromarray(im), (pad + (i % cols) * (r + pad), pad + (i // cols) * (r + pad)))
     return g.resize((g.size[0] * scale, g.size[1] * scale), Image.NEAREST)
+
+
+def labelled_grid(images: list[np.ndarray], cols: int, col_labels: list[str] = (), row_labels: list[str] = (),
+                  scale: int = 2) -> Image.Image:
+    """`grid` with a header row of column labels and a label column on the left, so a person
+    reads what each tile is (PIL's built-in font; labels are cut to the tile width)."""
+    g = grid(images, cols, scale=scale)
+    if not col_labels and not row_labels:
+        return g
+    r = images[0].shape[0] if images else 8
+    tile = (r + 1) * scale
+    rows = (len(images) + cols - 1) // cols if images else 0
+    head = 12 if col_labels else 0
+    left = min(220, 6 * max((len(x) for x in row_labels), default=0) + 4) if row_labels else 0
+    out = Image.new("RGB", (g.size[0] + left, g.size[1] + head), (255, 255, 255))
+    out.paste(g, (left, head))
+    d = ImageDraw.Draw(out)
+    chars = max(1, tile // 6)
+    for c, text in enumerate(col_labels[:cols]):
+        d.text((left + scale + c * tile, 1), str(text)[:chars], fill=(0, 0, 0))
+    for i, text in enumerate(row_labels[:rows]):
+        d.text((2, head + scale + i * tile + tile // 2 - 5), str(text)[: max(1, left // 6)], fill=(0, 0, 0))
+    return out

@@ -1,7 +1,11 @@
 """Subjects, scenes and the words that describe them.
 
 A `Subject` is an identity (class, body and accent colour, pattern, shape parameters,
-brand). A `Scene` puts a subject in a context, with a view, edits, accessories and a
+emblem, brand). World v2: the colours are continuous (`body_rgb`, `accent_rgb`; `body` and
+`accent` are the nearest colour *words*, all a caption can say), the pattern has its own
+geometry (period, fill, angle), every subject carries a small glyph (its `emblem`, like a
+logo) and a continuous silhouette parameter (`shape`). Two subjects can share every word of
+their caption and still look different: the words name a subject only coarsely. A `Scene` puts a subject in a context, with a view, edits, accessories and a
 style. Captions come in two kinds: *generic* (class-level, no brand: what a captioner
 or a base text-to-image model knows) and *alt-text* (what a shop page writes, with the
 brand name).
@@ -27,17 +31,32 @@ def stable_seed(*parts) -> int:
 class Subject:
     id: str
     cls: str  # key of vocab.CLASSES
-    body: str  # colour key
-    accent: str  # colour key, != body
+    body: str  # colour word nearest to body_rgb (what captions say)
+    accent: str  # colour word nearest to accent_rgb, != body
     pattern: str  # vocab.PATTERNS
     w: float  # width scale, 0.8..1.2
     h: float  # height scale, 0.8..1.2
     variant: int  # class-specific detail variant, 0..2
     brand: str  # made-up brand name, capitalised
+    body_rgb: tuple[int, int, int] | None = None  # the actual body colour (None: the word's colour)
+    accent_rgb: tuple[int, int, int] | None = None  # the actual accent colour (None: the word's colour)
+    pattern_period: float = 4.0  # pattern period in target pixels (stripe/dot/check spacing)
+    pattern_fill: float = 0.4  # stripe width / dot size as a share of the period (the body colour dominates)
+    pattern_angle: float = 90.0  # pattern orientation in degrees (90: horizontal stripes)
+    emblem: int = 0  # 9-bit 3x3 glyph drawn in the accent colour (0: none)
+    shape: float = 0.5  # continuous silhouette parameter, 0..1 (corner radius, taper, neck, ...)
 
     @property
     def word(self) -> str:
         return V.CLASSES[self.cls][0]
+
+    @property
+    def body_colour(self) -> tuple[int, int, int]:
+        return tuple(self.body_rgb) if self.body_rgb is not None else V.COLOURS[self.body]
+
+    @property
+    def accent_colour(self) -> tuple[int, int, int]:
+        return tuple(self.accent_rgb) if self.accent_rgb is not None else V.COLOURS[self.accent]
 
 
 @dataclass(frozen=True)
@@ -64,23 +83,84 @@ def brand_name(rng: np.random.Generator) -> str:
     return s.capitalize()
 
 
+def _lab(rgb) -> np.ndarray:
+    """sRGB (0-255) -> CIE L*a*b* (D65): distances there are close to what people see."""
+    c = np.asarray(rgb, float) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+_VOCAB_LAB = {k: _lab(v) for k, v in V.COLOURS.items()}
+
+
+def nearest_colour(rgb) -> str:
+    """The vocabulary's colour word perceptually nearest to an RGB colour (what a caption can say)."""
+    v = _lab(rgb)
+    return min(V.COLOUR_KEYS, key=lambda k: float(((_VOCAB_LAB[k] - v) ** 2).sum()))
+
+
+def random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A continuous colour: mostly saturated hues, sometimes a neutral (grey-ish) tone."""
+    import colorsys
+
+    if rng.random() < 0.2:
+        h, s, v = rng.random(), rng.uniform(0.0, 0.15), rng.uniform(0.12, 0.95)
+    else:
+        h, s, v = rng.random(), rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.0)
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+def random_emblem(rng: np.random.Generator) -> int:
+    """A 3x3 glyph with 3-6 cells set (never empty, never a full block)."""
+    while True:
+        g = int(rng.integers(1, 511))
+        if 3 <= bin(g).count("1") <= 6:
+            return g
+
+
 def make_subject(rng: np.random.Generator, sid: str, cls: str | None = None) -> Subject:
-    """Draw a random identity."""
+    """Draw a random identity: class, continuous colours (named by their nearest words),
+    pattern and its geometry, emblem, silhouette, brand."""
     cls = cls or str(rng.choice(V.CLASS_KEYS))
-    body = str(rng.choice(V.COLOUR_KEYS))
-    accent = str(rng.choice([c for c in V.COLOUR_KEYS if c != body]))
+    body_rgb = random_colour(rng)
+    body = nearest_colour(body_rgb)
+    while True:  # the accent must read as another colour word and stand out on the body
+        accent_rgb = random_colour(rng)
+        accent = nearest_colour(accent_rgb)
+        if accent != body and float(np.abs(np.subtract(accent_rgb, body_rgb)).sum()) > 150:
+            break
+    pattern = str(rng.choice(V.PATTERNS))
     return Subject(
-        id=sid, cls=cls, body=body, accent=accent,
-        pattern=str(rng.choice(V.PATTERNS)),
+        id=sid, cls=cls, body=body, accent=accent, pattern=pattern,
         w=round(float(rng.uniform(0.8, 1.2)), 3),
         h=round(float(rng.uniform(0.8, 1.2)), 3),
         variant=int(rng.integers(0, 3)),
         brand=brand_name(rng),
+        body_rgb=body_rgb, accent_rgb=accent_rgb,
+        pattern_period=round(float(rng.uniform(3.0, 6.0)), 3),
+        pattern_fill=round(float(rng.uniform(0.2, 0.42)), 3),
+        pattern_angle=round(float(rng.uniform(0.0, 180.0)), 1),
+        emblem=random_emblem(rng),
+        shape=round(float(rng.uniform(0.0, 1.0)), 3),
     )
 
 
 def subject_from_dict(d: dict) -> Subject:
-    return Subject(**{f.name: d[f.name] for f in dataclasses.fields(Subject)})
+    kw = {}
+    for f in dataclasses.fields(Subject):
+        if f.name in d:
+            v = d[f.name]
+            kw[f.name] = tuple(v) if isinstance(v, list) else v
+    return Subject(**kw)
+
+
+def caption_key(subject: Subject) -> str:
+    """Everything a caption can say about a subject's look (two subjects with the same key
+    share every word of their captions)."""
+    return appearance_phrase(subject)
 
 
 def scene_from_dict(d: dict) -> Scene:
@@ -114,16 +194,20 @@ def random_scene(rng: np.random.Generator, subject: Subject, mix: SceneMix | Non
 # ---------------------------------------------------------------- words
 
 def appearance_phrase(subject: Subject, edits: tuple[str, ...] = (), colours: bool = True) -> str:
-    """'blue backpack with red stripes' (generic: no brand)."""
+    """'blue backpack with red stripes' (generic: no brand). Without `colours` only the class
+    word and the edits remain; a colour edit is an edit and stays ('a red backpack')."""
     body = subject.body
     words = []
+    recolour = None
     for e in edits:
         if e in ("red", "purple"):
-            body = e
+            body = recolour = e
         else:
             words.append(V.EDITS[e])
     if colours:
         words.append(body)
+    elif recolour:
+        words.append(recolour)
     words.append(subject.word)
     s = " ".join(words)
     if colours and subject.pattern != "plain":
