@@ -33,6 +33,17 @@ def write_report(cfg: DictConfig, name: str, report: dict) -> Path:
     return p
 
 
+def image_markdown(png: bytes, alt: str, link: str | None = None, limit: int = 2_000_000) -> str:
+    """A PNG inline in a Prefect markdown artifact (a data URI: the UI is served over HTTP
+    and cannot show the store's file:// URLs); over `limit` bytes, only the link."""
+    import base64
+
+    if len(png) > limit:
+        return f"{alt}: {link or '(too large to inline)'}"
+    tail = f"\n\n{link}" if link else ""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()}){tail}"
+
+
 def logger():
     """Prefect's run logger inside a flow/task run, else the module logger."""
     try:

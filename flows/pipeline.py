@@ -8,7 +8,8 @@ import time
 
 from prefect import flow
 
-from suti.flows.common import logger, prepare, write_report
+from suti.flows.common import image_markdown, logger, prepare, write_report
+from suti.tracking import log_json, log_metrics, pipeline_run
 
 
 STAGES = ("world", "foundation", "mine", "experts", "filter", "sweep", "apprentice", "eval", "promote")
@@ -33,7 +34,22 @@ def final_choice(cfg, sweep: dict) -> tuple[float | None, bool]:
     return lam, not reuse
 
 
-@flow(name="pipeline", log_prints=True)
+def stage_run_name(i: int, name: str, cfg, **kw) -> str:
+    """The stage's Prefect flow-run name, read like a log line: `3/9 mine (smoke)`."""
+    extra = "".join(f" {k}={v}" for k, v in kw.items() if v is not None)
+    return f"{i}/{len(STAGES)} {name}{extra} ({cfg.get('profile_name')})"
+
+
+def _pipeline_run_name() -> str:
+    """`suti run profile=smoke` (paths left out): the pipeline's Prefect flow-run name."""
+    from prefect.runtime import flow_run
+
+    from suti.cli import run_name
+
+    return run_name("run", [str(o) for o in (flow_run.parameters.get("overrides") or [])])
+
+
+@flow(name="pipeline", flow_run_name=_pipeline_run_name, log_prints=True)
 def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     from suti.flows.eval import eval_flow
     from suti.flows.experts import experts_flow
@@ -52,12 +68,58 @@ def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> di
 
     def stage(name, fn, **kw):
         t = time.time()
-        lg.info(f"== stage {len(stages) + 1}/{len(STAGES)}: {name}")
-        out = fn(overrides=overrides, **kw)
+        i = STAGES.index(name) + 1
+        lg.info(f"== stage {i}/{len(STAGES)}: {name}")
+        label = {k: v for k, v in kw.items() if k in ("lam", "limit")}
+        out = fn.with_options(flow_run_name=stage_run_name(i, name, cfg, **label))(overrides=overrides, **kw)
         stages[name] = round(time.time() - t, 1)
         lg.info(f"== {name} done in {stages[name]} s")
         return out
 
+    with pipeline_run(cfg) as run_id:
+        summary = _stages(cfg, stage, stages, t0, world_flow, foundation_flow, mine_flow, experts_flow, filter_flow,
+                          sweep_flow, train_flow, eval_flow, promote_flow)
+        summary["mlflow_run_id"] = run_id
+        log_metrics(run_id, {"seconds": summary["seconds"], **{f"seconds.{k}": v for k, v in stages.items()}})
+        log_json(run_id, summary, "run.json")
+    path = write_report(cfg, "run", summary)
+    _artifacts(summary, store)
+    ev_table = summary["table"]
+    app = next((r for r in ev_table if r["method"] == "apprentice"), {})
+    base = next((r for r in ev_table if r["method"] == "base"), {})
+    lg.info("\n".join([
+        f"SuTI pipeline finished in {summary['seconds'] / 60:.1f} min ({cfg.get('profile_name')} profile)",
+        f"  apprentice overall {app.get('overall')}, identity {app.get('identity')} (base overall {base.get('overall')})",
+        f"  report:  {cfg.reports_dir}/eval.json  (summary {path})",
+        f"  MLflow:  {summary['mlflow_ui']}  (parent run {summary['mlflow_run_id']})",
+        f"  model:   models:/suti-apprentice@champion (version {summary['champion']})"]))
+    return summary
+
+
+def _artifacts(summary: dict, store) -> None:
+    """The run's summary in the Prefect UI: Table 1, the eval grid and the seconds per stage."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from suti.flows.eval import markdown_table
+
+    key = f"eval/{summary['eval_id']}/grid.png" if summary.get("eval_id") else None
+    grid = (image_markdown(store.get_bytes(key), "eval grid: demos | methods x prompts", summary.get("eval_grid"))
+            if key and store.exists(key) else str(summary.get("eval_grid")))
+
+    create_markdown_artifact(key="pipeline-summary", description="suti run: Table 1 and time per stage", markdown="\n".join([
+        f"# suti run: {summary['seconds'] / 60:.1f} min", "", f"final lambda {summary['final_lambda']}, "
+        f"model version {summary['final_model_version']}, champion {summary['champion']} ({summary['promotion']})", "",
+        "## Table 1", "", markdown_table(summary["table"]), "", "## Seconds per stage", "",
+        "| stage | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in summary["stage_seconds"].items()], "",
+        "## Eval grid", "", grid, "",
+        f"MLflow: `{summary['mlflow_ui']}` (parent run `{summary['mlflow_run_id']}`)"]))
+    create_table_artifact(key="pipeline-stages", table=[{"stage": k, "seconds": v} for k, v in summary["stage_seconds"].items()],
+                          description="suti run: seconds per stage")
+
+
+def _stages(cfg, stage, stages, t0, world_flow, foundation_flow, mine_flow, experts_flow, filter_flow, sweep_flow,
+            train_flow, eval_flow, promote_flow) -> dict:
+    lg = logger()
     stage("world", world_flow)
     stage("foundation", foundation_flow)
     stage("mine", mine_flow)
@@ -76,19 +138,9 @@ def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> di
         final_version = sweep["best"]["model_version"]
     ev = stage("eval", eval_flow, limit=cfg.get("pipeline", {}).get("eval_limit"))
     promo = stage("promote", promote_flow)
-    summary = {"seconds": round(time.time() - t0, 1), "stage_seconds": stages, "eval_report": f"{cfg.reports_dir}/eval.json",
-               "sweep_parent_run_id": sweep["parent_run_id"], "final_lambda": lam,
-               "final_model_version": final_version, "champion": promo.get("champion_after"),
-               "promotion": promo.get("reason"), "table": ev["table"],
-               "mlflow_ui": f"mlflow ui --backend-store-uri {cfg.tracking.uri}",
-               "model": "models:/suti-apprentice@champion"}
-    path = write_report(cfg, "run", summary)
-    app = next((r for r in ev["table"] if r["method"] == "apprentice"), {})
-    base = next((r for r in ev["table"] if r["method"] == "base"), {})
-    lg.info("\n".join([
-        f"SuTI pipeline finished in {summary['seconds'] / 60:.1f} min ({cfg.get('profile_name')} profile)",
-        f"  apprentice overall {app.get('overall')}, identity {app.get('identity')} (base overall {base.get('overall')})",
-        f"  report:  {cfg.reports_dir}/eval.json  (summary {path})",
-        f"  MLflow:  {summary['mlflow_ui']}",
-        f"  model:   models:/suti-apprentice@champion (version {summary['champion']})"]))
-    return summary
+    return {"seconds": round(time.time() - t0, 1), "stage_seconds": stages, "eval_report": f"{cfg.reports_dir}/eval.json",
+            "sweep_parent_run_id": sweep["parent_run_id"], "final_lambda": lam,
+            "final_model_version": final_version, "champion": promo.get("champion_after"),
+            "promotion": promo.get("reason"), "table": ev["table"],
+            "mlflow_ui": f"mlflow ui --backend-store-uri {cfg.tracking.uri}",
+            "model": "models:/suti-apprentice@champion", "eval_id": ev.get("eval_id"), "eval_grid": ev.get("grid")}

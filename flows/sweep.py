@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from suti.flows.common import logger, prepare, write_report
-from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
+from suti.tracking import lambda_run, log_bytes, log_json, log_metrics, mlflow_run
 
 
 def sweep_overrides(cfg, overrides: list[str]) -> list[str]:
@@ -60,6 +60,7 @@ def sweep_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     from suti.flows.eval import eval_flow
     from suti.flows.filter import filter_flow
     from suti.flows.train import train_flow
+    from suti.tasks.apprentice import rows_digest
     from suti.tasks.filter import load_rows, select
 
     cfg, store = prepare(overrides)
@@ -72,11 +73,10 @@ def sweep_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     out = []
     with mlflow_run(cfg, "sweep", tags={"suti.lambdas": str(lambdas)}) as parent:
         for lam in lambdas:
-            size = len(select(rows_all, lam))
+            G = select(rows_all, lam)
+            size = len(G)
             name = f"sweep-lam{'none' if lam is None else lam}"
-            with mlflow_run(cfg, f"lambda={lam}", parent_run_id=parent, tags={"suti.lambda": str(lam)},
-                            log_config=False) as lrid:
-                log_metrics(lrid, {"G.size": size})
+            with lambda_run(cfg, parent, lam, G, rows_digest(G), source=store.url("filter")) as lrid:
                 if size == 0:
                     lg.warning(f"lambda={lam}: G is empty, nothing to train")
                     out.append({"lambda": lam, "size": 0, "overall": None, "mlflow_run_id": lrid})

@@ -17,9 +17,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from suti.flows.common import logger, prepare, write_report
+from suti.flows.common import image_markdown, logger, prepare, write_report
 from suti.tasks import apprentice as A
-from suti.tracking import log_metrics, mlflow_run
+from suti.tracking import lambda_params, log_dataset, log_metrics, mlflow_run
 
 LAM_FROM_CONFIG = "config"
 
@@ -58,25 +58,25 @@ def parse_lam(value, cfg) -> float | None:
         raise UserError(f"--lam must be a number or 'none', got {value!r}") from None
 
 
-@task(name="load-G", task_run_name="load-G(lambda={lam})", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="load-G", task_run_name="load G(lambda={lam})", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def load_rows(store, lam: float | None) -> list[dict]:
     return A.load_G(store, lam)
 
 
-@task(name="train-apprentice", task_run_name="train-apprentice-{run_name}", cache_policy=NO_CACHE)
+@task(name="train-apprentice", task_run_name="train apprentice {run_name} (lambda={lam})", cache_policy=NO_CACHE)
 def train_task(cfg, store, rows: list[dict], lam: float | None, run_name: str, run_id: str, force: bool) -> dict:
     if A.needs_subprocess(cfg):
         return A.train_in_subprocess(cfg, store, lam, run_name, run_id, force)
     return A.train_apprentice(cfg, store, rows, run_name, run_id, force)
 
 
-@task(name="register-apprentice", task_run_name="register-{run_name}", retries=2, retry_delay_seconds=2,
+@task(name="register-apprentice", task_run_name="register {run_name} as a candidate", retries=2, retry_delay_seconds=2,
       cache_policy=NO_CACHE)
 def register_task(cfg, store, run_name: str, run_id: str, tags: dict) -> dict:
     return A.register_candidate(cfg, store, run_name, run_id, tags)
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name="train apprentice lambda={lam}", log_prints=True)
 def train_flow(overrides: list[str] | None = None, force: bool = False, lam: float | str | None = None,
                run_name: str | None = None, parent_run_id: str | None = None) -> dict:
     """Train on G(lam) (``lam=None``: every row; ``"config"``: ``filter.lambda_``), register
@@ -90,9 +90,12 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
     t0 = time.time()
     rows = load_rows(store, lam)
     lg.info(f"G(lambda={lam}): {len(rows)} training examples from {len({r.get('cluster_id') for r in rows})} clusters")
-    tags = {"lambda": str(lam), "run_name": name}
-    with mlflow_run(cfg, f"train:{name}", parent_run_id=parent_run_id, tags={"suti.lambda": str(lam)}) as rid:
-        log_metrics(rid, {"G.rows": len(rows), "G.clusters": len({r.get("cluster_id") for r in rows})})
+    digest = A.rows_digest(rows)
+    tags = {"lambda": str(lam), "run_name": name, "dataset_digest": digest}
+    with mlflow_run(cfg, f"train:{name}", parent_run_id=parent_run_id, tags={"suti.lambda": str(lam)},
+                    params={**lambda_params(lam), "G.digest": digest}) as rid:
+        log_metrics(rid, {"G.size": len(rows), "G.clusters": len({r.get("cluster_id") for r in rows})})
+        log_dataset(rid, rows, lam, digest, source=store.url("filter"))
         record = train_task(cfg, store, rows, lam, name, rid, force)
         registered = register_task(cfg, store, name, rid, {**tags, "steps": record["steps"], "rows": len(rows)}) \
             if cfg.apprentice.get("register", True) else None
@@ -108,7 +111,9 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
         f"| final loss | {report['loss']:.4f} |",
         f"| parameters base / added (ratio) | {ov['base']:,} / {ov['added']:,} ({ov['ratio']:.3f}) |",
         f"| registered | {registered['uri'] + ' v' + str(registered['version']) if registered else '-'} |",
-        f"| samples | {report['samples']} |"]))
+        f"| samples | {report['samples']} |", "",
+        image_markdown(store.get_bytes(f"apprentice/{name}/samples.png"), "demos | generated, one row per example",
+                       report["samples"])]))
     lg.info(f"apprentice {name}: {report['steps']} steps, loss {report['loss']:.4f}, +{ov['added']:,} parameters "
             f"({100 * ov['ratio']:.1f}% of the base UNet)"
             + (f", registered {registered['uri']} (version {registered['version']})" if registered else "")

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Iterator
 
-__all__ = ["free_port", "moto_server", "stop_process", "wait_for_http"]
+__all__ = ["free_port", "mlflow_server", "moto_server", "stop_process", "wait_for_http"]
 
 
 def free_port() -> int:
@@ -127,4 +127,43 @@ def moto_server(timeout: float = 30.0) -> Iterator[str]:
             yield url
     finally:
         stop_process(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp, artifacts_destination: str | None = None, env: dict | None = None,
+                  timeout: float = 300.0) -> Iterator[str]:
+    """A real ``mlflow server`` (sqlite backend in ``tmp``, one uvicorn worker: the default
+    starts one per core, ~2.9 GB) on a free loopback port; yields its URL. ``mlflow server``
+    runs uvicorn as its child: both are stopped, by PID, children first."""
+    from pathlib import Path
+
+    import psutil
+
+    tmp = Path(tmp)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp / "mlflow-server.log"
+    log = open(log_path, "wb")
+    dest = artifacts_destination or (tmp / "mlflow-artifacts").as_uri()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server",
+                             "--backend-store-uri", f"sqlite:///{tmp / 'mlflow-server.db'}",
+                             "--artifacts-destination", dest, "--workers", "1",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            env=env if env is not None else {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+                            cwd=tmp, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    children: list = []
+    try:
+        wait_for_http(f"{url}/health", timeout=timeout, proc=proc, log=log_path, name="mlflow server")
+        children = psutil.Process(proc.pid).children(recursive=True)  # its uvicorn, started by it
+        yield url
+    finally:
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        psutil.wait_procs(children, timeout=15)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        stop_process(proc, grace=15)
         log.close()
