@@ -22,6 +22,10 @@ DEFAULT_MODEL = "models:/suti-apprentice@champion"
 
 
 def add_arguments(parser) -> None:
+    parser.usage = "suti serve [MODEL] [key=value ...] [--host HOST] [--port PORT]"
+    parser.description = (f"{parser.description}. MODEL: a models:/NAME@ALIAS, models:/NAME/VERSION or "
+                           f"runs:/ID/PATH URI (default {DEFAULT_MODEL}); key=value: Hydra overrides "
+                           "(e.g. workdir=...). POST /invocations; GET /ping.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", default="5000", metavar="PORT", help="port to listen on (0: any free port; default 5000)")
 
@@ -85,6 +89,9 @@ def serve(overrides: list[str] | None = None, force: bool = False, host: str = "
     from suti.store import open_store
 
     out = out or sys.stdout
+    import mlflow  # noqa: F401  (it sets its loggers' levels on import: quiet them after)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines (a new registry's migrations) before errors
     model, ov = split_model(list(overrides or []))
     port = _port(port)
     cfg = compose(ov)
@@ -101,7 +108,6 @@ def serve(overrides: list[str] | None = None, force: bool = False, host: str = "
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
-    import mlflow
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
