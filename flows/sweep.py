@@ -102,8 +102,8 @@ def sweep_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
         if best and best.get("model_version"):
             mlflow.MlflowClient().set_registered_model_alias("suti-apprentice", "candidate", best["model_version"])
         subject_ids = sorted({sid for r in out for sid in r.get("subject_ids", [])})
-        report = {"split": "val", "subject_ids": subject_ids, "lambdas": out, "parent_run_id": parent, "best": best, "seconds": round(time.time() - t0, 1),
-                  "plot": store.url("sweep/overall_vs_lambda.png")}
+        report = {"split": "val", "subject_ids": subject_ids, "lambdas": out, "parent_run_id": parent, "best": best,
+                  "seconds": round(time.time() - t0, 1), "plot": store.url("sweep/overall_vs_lambda.png")}
         log_json(parent, report, "sweep.json")
         if best:
             log_metrics(parent, {"best.overall": best["overall"]})
