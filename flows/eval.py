@@ -85,6 +85,10 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
         images["expert"] = E.expert_images(cfg, store, case, recs, n, seeds, f"eval/{ctx['expert_id']}/experts",
                                            ctx["base_state"], ctx["clip"])
         secs["expert"], nbytes["expert"] = case.seconds["expert"], case.bytes["expert"]
+    if ctx.get("reimagen") is not None:  # the same architecture trained on raw clusters, in context
+        t = time.time()
+        images["reimagen"] = E.apprentice_images(ctx["reimagen"], case, recs, n, seeds, cfg, k=int(cfg.apprentice.demos))
+        secs["reimagen"], nbytes["reimagen"] = time.time() - t, 0
     if app is not None:
         t = time.time()
         images["apprentice"] = E.apprentice_images(app, case, recs, n, seeds, cfg, k=int(cfg.apprentice.demos))
@@ -122,12 +126,9 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
     # seeds), so K = 0 sits on the very slots of the base row
     if app is not None and cfg.eval.curves:  # the sweep skips the curves: it compares lambdas on Table 1 rows
         kp = recs[: int(cfg.eval.kshot_prompts)]
-        ks = {}
-        for k in range(0, min(5, len(case.demos)) + 1):
-            ims = E.apprentice_images(app, case, kp, n, seeds[: len(kp)], cfg, k=k)
-            s = E.score(sc, store, ims, [r for r in kp for _ in range(n)], [case.demos] * len(ims))
-            ks[str(k)] = {kk: s[kk].tolist() for kk in SCORE_KEYS}
-        result["kshot"] = ks
+        result["kshot"] = _kshot(app, case, kp, n, seeds, sc, store, cfg)
+        if ctx.get("reimagen") is not None:
+            result["kshot_reimagen"] = _kshot(ctx["reimagen"], case, kp, n, seeds, sc, store, cfg)
         result["kshot_slots"] = len(kp) * n
         v2 = E.v2_records(case.described, cfg.seed)
         v2_seeds = E.seeds_for(case, len(v2), cfg.seed + 7)
@@ -141,6 +142,23 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
     return result
 
 
+def _kshot(model, case, kp: list[dict], n: int, seeds: list[int], sc, store, cfg) -> dict:
+    """Scores of an in-context model with K = 0..5 of the subject's demos on the given slots."""
+    ks = {}
+    for k in range(0, min(5, len(case.demos)) + 1):
+        ims = E.apprentice_images(model, case, kp, n, seeds[: len(kp)], cfg, k=k)
+        s = E.score(sc, store, ims, [r for r in kp for _ in range(n)], [case.demos] * len(ims))
+        ks[str(k)] = {kk: s[kk].tolist() for kk in SCORE_KEYS}
+    return ks
+
+
+def _kshot_curve(results: list[dict], key: str) -> list[dict]:
+    if not results or not all(key in r for r in results):
+        return []
+    return [{"k": int(k), **E.mean_scores([{kk: np.asarray(v) for kk, v in r[key][k].items()} for r in results])}
+            for k in results[0][key]]
+
+
 def aggregate(results: list[dict]) -> dict:
     methods = [m for m in E.METHODS if any(m in r["methods"] for r in results)]
     table = []
@@ -150,11 +168,7 @@ def aggregate(results: list[dict]) -> dict:
         row["seconds_per_subject"] = float(np.mean([r["methods"][m]["seconds"] for r in results if m in r["methods"]]))
         row["bytes_per_subject"] = float(np.mean([r["methods"][m]["bytes"] for r in results if m in r["methods"]]))
         table.append(row)
-    kshot = []
-    if all("kshot" in r for r in results) and results:
-        for k in results[0]["kshot"]:
-            parts = [{kk: np.asarray(v) for kk, v in r["kshot"][k].items()} for r in results]
-            kshot.append({"k": int(k), **E.mean_scores(parts)})
+    kshot = _kshot_curve(results, "kshot")
     zero = None
     if kshot and all("base" in r["methods"] for r in results):
         # K = 0 against the base row on the same slots (Table 1's first kshot_slots)
@@ -168,7 +182,8 @@ def aggregate(results: list[dict]) -> dict:
         lv = np.concatenate([r["v2"]["levels"] for r in results])
         ov = np.concatenate([r["v2"]["overall"] for r in results])
         v2 = [{"level": int(l), "overall": float(ov[lv == l].mean())} for l in sorted(set(lv.tolist()))]
-    return {"table": table, "kshot": kshot, "v2_levels": v2, "zero_demos_vs_base": zero}
+    return {"table": table, "kshot": kshot, "kshot_reimagen": _kshot_curve(results, "kshot_reimagen"), "v2_levels": v2,
+            "zero_demos_vs_base": zero}
 
 
 def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
@@ -187,6 +202,8 @@ def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
 
     get = lambda m, k: rows[m][k] if m in rows else None  # noqa: E731
     rep = {"gap_closed": closed("apprentice"), "expert_gap_closed": closed("expert"),
+           "reimagen_gap_closed": closed("reimagen"), "reimagen_identity": get("reimagen", "identity"),
+           "reimagen_overall": get("reimagen", "overall"), "apprentice_overall": get("apprentice", "overall"),
            "clip_t": get("apprentice", "clip_t"), "expert_clip_t": get("expert", "clip_t"),
            "base_identity": get("base", "identity"), "oracle_identity": get("oracle", "identity"),
            "expert_identity": get("expert", "identity"), "apprentice_identity": get("apprentice", "identity"),
@@ -194,6 +211,8 @@ def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
            "base_clip_t": get("base", "clip_t"),
            "kshot": [{"k": r["k"], "identity": r["identity"], "clip_t": r["clip_t"], "overall": r.get("overall")}
                      for r in agg.get("kshot", [])],
+           "kshot_reimagen": [{"k": r["k"], "identity": r["identity"], "clip_t": r["clip_t"]}
+                              for r in agg.get("kshot_reimagen", [])],
            "zero_demos_vs_base": agg.get("zero_demos_vs_base"),
            "param_overhead": param_overhead}
     checks = {}
@@ -218,6 +237,9 @@ def apprentice_report(agg: dict, param_overhead: dict | None) -> dict:
         checks["kshot_5>=kshot_3-0.01"] = ks[5]["identity"] >= ks[3]["identity"] - 0.01
     if rep["dreamsuti_identity"] is not None and rep["apprentice_identity"] is not None:
         checks["dreamsuti_beats_apprentice"] = rep["dreamsuti_identity"] > rep["apprentice_identity"]
+    if rep["reimagen_identity"] is not None and rep["apprentice_identity"] is not None:
+        checks["apprentice_beats_reimagen_identity"] = rep["apprentice_identity"] > rep["reimagen_identity"]
+        checks["apprentice_beats_reimagen_overall"] = rep["apprentice_overall"] > rep["reimagen_overall"]
     rep["checks"] = checks
     return rep
 
@@ -259,6 +281,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
     needs_app = bool({"apprentice", "dreamsuti"} & set(cfg.eval.methods))
     app = Apprentice.load(model, cfg, store) if needs_app else None
     version = _model_version(cfg, model) if needs_app else None
+    reimagen = _load_reimagen(cfg, store, lg) if "reimagen" in cfg.eval.methods else None
     t0 = time.time()
     with mlflow_run(cfg, "eval", parent_run_id=parent_run_id, tags={"suti.model": model}) as rid:
         if cfg.eval.get("dreambench_dir"):
@@ -269,13 +292,14 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
                     f"per method; report {path}")
             return res
         settings = E.eval_settings(cfg, store, split, limit)
+        settings["reimagen"] = E.model_fingerprint(reimagen) if reimagen is not None else None
         model_id = f"v{version}" if version else E.model_fingerprint(app) if app is not None else "no-apprentice"
         eval_id = f"world-{split}-{model_id}-{E.settings_digest(settings)}"
         if force:
             store.delete(f"eval/{eval_id}")
         ctx = {"scorers": sc, "apprentice": app, "backbone": load_backbone(cfg, store), "clip": load_clip(cfg, store),
                "base_state": load_state(store, "foundation/base/model.pt"), "methods": list(settings["methods"]),
-               "expert_id": f"experts-{E.settings_digest(E.expert_settings(cfg, store))}"}
+               "expert_id": f"experts-{E.settings_digest(E.expert_settings(cfg, store))}", "reimagen": reimagen}
         cases = _subject_cases(cfg, store, sc, limit, split)
         lg.info(f"evaluating {len(cases)} held-out subjects x 25 prompts x {cfg.eval.images_per_prompt} images, "
                 f"methods {ctx['methods']} (eval id {eval_id})")
@@ -304,6 +328,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
         metrics = {f"{r['method']}.{k}": r[k] for r in agg["table"] for k in SCORE_KEYS + ("seconds_per_subject", "bytes_per_subject")
                    if r.get(k) is not None}
         metrics.update({f"kshot.{r['k']}.{k}": r[k] for r in agg["kshot"] for k in ("identity", "overall")})
+        metrics.update({f"kshot_reimagen.{r['k']}.identity": r["identity"] for r in agg["kshot_reimagen"]})
         metrics.update({f"v2.level{r['level']}.overall": r["overall"] for r in agg["v2_levels"]})
         log_metrics(rid, metrics)
         log_json(rid, report, "eval.json")
@@ -332,6 +357,19 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
                                               "images_per_prompt": int(cfg.eval.images_per_prompt)})
     lg.info("\n" + md + f"\nreport {path}; apprentice checks {app_rep['checks']}")
     return report
+
+
+def _load_reimagen(cfg, store, lg):
+    """Table 1's Re-Imagen row: `reimagen.model`; without one the row is left out, and the
+    log says how to make it."""
+    from suti.cli import UserError
+    from suti.tasks.apprentice import Apprentice
+
+    try:
+        return Apprentice.load(str(cfg.reimagen.model), cfg, store)
+    except UserError as e:
+        lg.warning(f"no Re-Imagen row: {e}; train it with `suti train --source clusters`")
+        return None
 
 
 def _model_version(cfg, model: str) -> str | None:

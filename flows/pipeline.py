@@ -1,6 +1,7 @@
 """`suti run`: the whole pipeline on the embedded synthetic world:
 world -> foundation -> mine -> experts -> filter -> sweep (G(lambda) -> short apprentice -> eval)
--> the apprentice at the chosen lambda (full steps) -> eval (all Table 1 rows) -> promote.
+-> the apprentice at the chosen lambda (full steps) -> Re-Imagen (the same architecture on the raw
+clusters, no experts: the paper's baseline) -> eval (all Table 1 rows) -> promote.
 Every stage reuses finished work, so a killed run resumes where it stopped."""
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from suti.flows.common import image_markdown, logger, prepare, write_report
 from suti.tracking import log_json, log_metrics, pipeline_run
 
 
-STAGES = ("world", "foundation", "mine", "experts", "filter", "sweep", "apprentice", "eval", "promote")
+STAGES = ("world", "foundation", "mine", "experts", "filter", "sweep", "apprentice", "reimagen", "eval",
+          "promote")
 
 
 def final_choice(cfg, sweep: dict) -> tuple[float | None, bool]:
@@ -35,7 +37,7 @@ def final_choice(cfg, sweep: dict) -> tuple[float | None, bool]:
 
 
 def stage_run_name(i: int, name: str, cfg, **kw) -> str:
-    """The stage's Prefect flow-run name, read like a log line: `3/9 mine (smoke)`."""
+    """The stage's Prefect flow-run name, read like a log line: `3/10 mine (smoke)`."""
     extra = "".join(f" {k}={v}" for k, v in kw.items() if v is not None)
     return f"{i}/{len(STAGES)} {name}{extra} ({cfg.get('profile_name')})"
 
@@ -70,7 +72,7 @@ def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> di
         t = time.time()
         i = STAGES.index(name) + 1
         lg.info(f"== stage {i}/{len(STAGES)}: {name}")
-        label = {k: v for k, v in kw.items() if k in ("lam", "limit")}
+        label = {k: v for k, v in kw.items() if k in ("lam", "limit", "source")}
         out = fn.with_options(flow_run_name=stage_run_name(i, name, cfg, **label))(overrides=overrides, **kw)
         stages[name] = round(time.time() - t, 1)
         lg.info(f"== {name} done in {stages[name]} s")
@@ -136,6 +138,7 @@ def _stages(cfg, stage, stages, t0, world_flow, foundation_flow, mine_flow, expe
         lg.info(f"final apprentice: the sweep's model for lambda {lam} (trained at full steps), no retraining")
         stages["apprentice"] = 0.0
         final_version = sweep["best"]["model_version"]
+    stage("reimagen", train_flow, source="clusters")
     ev = stage("eval", eval_flow, limit=cfg.get("pipeline", {}).get("eval_limit"))
     promo = stage("promote", promote_flow)
     return {"seconds": round(time.time() - t0, 1), "stage_seconds": stages, "eval_report": f"{cfg.reports_dir}/eval.json",

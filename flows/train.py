@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lam", default=LAM_FROM_CONFIG, metavar="LAMBDA", type=_lam_arg,
                         help="train on G(lambda): rows with delta > LAMBDA; 'none' = every row "
                              "(default: filter.lambda_)")
+    parser.add_argument("--source", default="G", choices=list(A.SOURCES),
+                        help="G: the experts' outputs G(lambda) (SuTI, registered as suti-apprentice); clusters: the "
+                             "raw mined clusters, no experts (the Re-Imagen baseline, registered as suti-reimagen)")
     parser.add_argument("--run-name", dest="run_name", default=None,
                         help="name of the training run in the store and MLflow (default: lam-<lambda>)")
 
@@ -58,15 +61,17 @@ def parse_lam(value, cfg) -> float | None:
         raise UserError(f"--lam must be a number or 'none', got {value!r}") from None
 
 
-@task(name="load-G", task_run_name="load G(lambda={lam})", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def load_rows(store, lam: float | None) -> list[dict]:
-    return A.load_G(store, lam)
+@task(name="load-rows", task_run_name="load {source} rows (lambda={lam})", retries=2, retry_delay_seconds=2,
+      cache_policy=NO_CACHE)
+def load_rows(store, lam: float | None, source: str = "G") -> list[dict]:
+    return A.training_rows(store, source, lam)
 
 
 @task(name="train-apprentice", task_run_name="train apprentice {run_name} (lambda={lam})", cache_policy=NO_CACHE)
-def train_task(cfg, store, rows: list[dict], lam: float | None, run_name: str, run_id: str, force: bool) -> dict:
+def train_task(cfg, store, rows: list[dict], lam: float | None, run_name: str, run_id: str, force: bool,
+               source: str = "G") -> dict:
     if A.needs_subprocess(cfg):
-        return A.train_in_subprocess(cfg, store, lam, run_name, run_id, force)
+        return A.train_in_subprocess(cfg, store, lam, run_name, run_id, force, source)
     return A.train_apprentice(cfg, store, rows, run_name, run_id, force)
 
 
@@ -78,31 +83,41 @@ def register_task(cfg, store, run_name: str, run_id: str, tags: dict) -> dict:
 
 @flow(name="train", flow_run_name="train apprentice lambda={lam}", log_prints=True)
 def train_flow(overrides: list[str] | None = None, force: bool = False, lam: float | str | None = None,
-               run_name: str | None = None, parent_run_id: str | None = None) -> dict:
+               run_name: str | None = None, parent_run_id: str | None = None, source: str = "G") -> dict:
     """Train on G(lam) (``lam=None``: every row; ``"config"``: ``filter.lambda_``), register
     ``suti-apprentice`` version with alias ``candidate``, write ``reports/train.json``.
+    ``source="clusters"``: the same architecture on the raw mined clusters (Re-Imagen, the
+    paper's baseline), run ``reimagen``, registered as ``reimagen.model_name``; ``reports/reimagen.json``.
 
     ``parent_run_id`` nests the MLflow run (a lambda sweep's parent run)."""
+    from omegaconf import open_dict
+
     cfg, store = prepare(overrides)
     lg = logger()
-    lam = parse_lam(lam, cfg)
-    name = run_name or A.run_name_for(cfg, lam)
+    reimagen = source == "clusters"
+    lam = None if reimagen else parse_lam(lam, cfg)
+    name = run_name or ("reimagen" if reimagen else A.run_name_for(cfg, lam))
+    if reimagen:
+        with open_dict(cfg):
+            cfg.apprentice.model_name = str(cfg.reimagen.model_name)
     t0 = time.time()
-    rows = load_rows(store, lam)
-    lg.info(f"G(lambda={lam}): {len(rows)} training examples from {len({r.get('cluster_id') for r in rows})} clusters")
+    rows = load_rows(store, lam, source)
+    what = "raw clusters (Re-Imagen)" if reimagen else f"G(lambda={lam})"
+    lg.info(f"{what}: {len(rows)} training examples from {len({r.get('cluster_id') for r in rows})} clusters")
     digest = A.rows_digest(rows)
-    tags = {"lambda": str(lam), "run_name": name, "dataset_digest": digest}
+    tags = {"lambda": str(lam), "run_name": name, "dataset_digest": digest, "source": source}
     with mlflow_run(cfg, f"train:{name}", parent_run_id=parent_run_id, tags={"suti.lambda": str(lam)},
                     params={**lambda_params(lam), "G.digest": digest}) as rid:
         log_metrics(rid, {"G.size": len(rows), "G.clusters": len({r.get("cluster_id") for r in rows})})
-        log_dataset(rid, rows, lam, digest, source=store.url("filter"))
-        record = train_task(cfg, store, rows, lam, name, rid, force)
+        log_dataset(rid, rows, lam, digest, source=store.url("mine" if reimagen else "filter"))
+        record = train_task(cfg, store, rows, lam, name, rid, force, source)
         registered = register_task(cfg, store, name, rid, {**tags, "steps": record["steps"], "rows": len(rows)}) \
             if cfg.apprentice.get("register", True) else None
-        report = {"run_name": name, "lambda": lam, "rows": len(rows), "mlflow_run_id": rid, "registered": registered,
+        report = {"run_name": name, "source": source, "lambda": lam, "rows": len(rows), "mlflow_run_id": rid,
+                  "registered": registered,
                   "profile": cfg.get("profile_name"), "wall_seconds": round(time.time() - t0, 1),
                   **{k: v for k, v in record.items() if k not in ("rows",)}}
-    path = write_report(cfg, "train", report)
+    path = write_report(cfg, "reimagen" if reimagen else "train", report)
     ov = report["overhead"]
     create_markdown_artifact(key="apprentice-train", description="Apprentice training", markdown="\n".join([
         "| item | value |", "|---|---|",

@@ -72,6 +72,8 @@ def validate(cfg: DictConfig) -> None:
         _num(cfg, key, 1, None, True)
     for key in ("world.mixed_pages", "world.duplicate_pages", "world.small_pages", "world.demos_per_heldout"):
         _num(cfg, key, 0, None, True)
+    _num(cfg, "world.val_subjects", 1, max(1, int(cfg.world.heldout_subjects) - 1), True)  # both splits non-empty
+    _num(cfg, "foundation.identity.hard_batches", 0, 1)
     for model in ("clip", "identity", "rater", "base"):
         _num(cfg, f"foundation.{model}.steps", 0, None, True)
         _num(cfg, f"foundation.{model}.lr", 0)
@@ -106,8 +108,11 @@ def validate(cfg: DictConfig) -> None:
             (isinstance(final, (int, float)) and not isinstance(final, bool) and -1 <= final <= 1)):
         raise ConfigError(f"pipeline.final_lambda must be best, config, none or a number in [-1, 1], got {final!r}")
     for m in cfg.eval.get("methods", []):
-        if m not in ("oracle", "base", "expert", "apprentice", "dreamsuti"):
+        if m not in ("oracle", "base", "expert", "reimagen", "apprentice", "dreamsuti"):
             raise ConfigError(f"eval.methods: unknown method {m!r}")
+    if cfg.eval.get("split") not in ("val", "test"):
+        raise ConfigError(f"eval.split must be val or test, got {cfg.eval.get('split')!r}")
+    _num(cfg, "eval.kshot_prompts", 1, 25, True)
     if cfg.expert.get("runner", "thread") not in ("thread", "dask", "deployment"):
         raise ConfigError(f"expert.runner must be thread, dask or deployment, got {cfg.expert.runner!r}")
     if cfg.expert.method not in ("full", "lora"):

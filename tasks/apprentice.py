@@ -55,7 +55,7 @@ MODEL_FILE = "apprentice.pt"
 FORMAT = 1
 METRIC_PREFIX = "apprentice"
 
-__all__ = ["load_G", "run_name_for", "TrainSettings", "GBatches", "GDataModule", "ApprenticeLit", "train_apprentice",
+__all__ = ["load_G", "cluster_rows", "training_rows", "run_name_for", "TrainSettings", "GBatches", "GDataModule", "ApprenticeLit", "train_apprentice",
            "Apprentice", "ApprenticePyfunc", "register_candidate", "dreamsuti", "needs_subprocess",
            "train_in_subprocess"]
 
@@ -64,6 +64,37 @@ __all__ = ["load_G", "run_name_for", "TrainSettings", "GBatches", "GDataModule",
 
 
 from suti.tasks.filter import load_G  # noqa: E402  (G(lambda) is the filter's; re-exported here)
+
+SOURCES = ("G", "clusters")  # what an apprentice learns from: expert outputs (SuTI) | raw clusters (Re-Imagen)
+
+
+def cluster_rows(store) -> list[dict]:
+    """Re-Imagen's training data (the paper's baseline): the mined clusters themselves, no
+    experts. Each image of a cluster is a target once, with its own caption as the prompt and
+    the cluster's other images (and texts) as the demonstrations to draw from."""
+    from suti.tasks.experts import load_clusters
+
+    rows = []
+    for c in load_clusters(store):
+        keys, texts = list(c["images"]), list(c["texts"])
+        if len(keys) < 2:
+            continue
+        for j, key in enumerate(keys):
+            rows.append({"sample_key": key, "cluster_id": c["cluster_id"], "prompt": texts[j],
+                         "demo_keys": keys[:j] + keys[j + 1:], "demo_texts": texts[:j] + texts[j + 1:],
+                         "source": "clusters"})
+    return rows
+
+
+def training_rows(store, source: str, lam: float | None) -> list[dict]:
+    """G(lambda) for the apprentice, the raw clusters for Re-Imagen."""
+    if source == "clusters":
+        return cluster_rows(store)
+    if source != "G":
+        from suti.config import ConfigError
+
+        raise ConfigError(f"training source must be one of {list(SOURCES)}, got {source!r}")
+    return load_G(store, lam)
 
 
 def run_name_for(cfg: DictConfig, lam: float | None) -> str:
@@ -629,7 +660,7 @@ def needs_subprocess(cfg: DictConfig) -> bool:
 
 
 def train_in_subprocess(cfg: DictConfig, store, lam: float | None, run_name: str, run_id: str | None,
-                        force: bool = False) -> dict:
+                        force: bool = False, source: str = "G") -> dict:
     """Run :func:`train_apprentice` as ``python -m suti.tasks.apprentice`` (DDP/FSDP)."""
     import subprocess
 
@@ -637,7 +668,7 @@ def train_in_subprocess(cfg: DictConfig, store, lam: float | None, run_name: str
     conf = d / "config.yaml"
     conf.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     cmd = [sys.executable, "-m", "suti.tasks.apprentice", "--config", str(conf), "--run-name", run_name,
-           "--lam", "none" if lam is None else repr(float(lam))]
+           "--lam", "none" if lam is None else repr(float(lam)), "--source", source]
     if run_id:
         cmd += ["--run-id", run_id]
     if force:
@@ -1156,6 +1187,7 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="a resolved config YAML")
     p.add_argument("--run-name", required=True)
     p.add_argument("--lam", default="none", help="lambda of G(lambda); 'none' = every row")
+    p.add_argument("--source", default="G", choices=SOURCES, help="G(lambda) (SuTI) or the raw clusters (Re-Imagen)")
     p.add_argument("--run-id", default=None, help="MLflow run to log metrics to")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
@@ -1171,7 +1203,8 @@ def _main(argv: list[str] | None = None) -> int:
         from suti.tracking import setup_tracking
 
         setup_tracking(cfg)
-    record = train_apprentice(cfg, store, load_G(store, lam), args.run_name, args.run_id, args.force)
+    record = train_apprentice(cfg, store, training_rows(store, args.source, lam), args.run_name, args.run_id,
+                              args.force)
     if record:
         print(json.dumps({k: record.get(k) for k in ("steps", "resumed_from", "steps_run", "data_start_step")}))
     return 0

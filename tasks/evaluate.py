@@ -29,7 +29,7 @@ from suti.world.corpus import png_bytes
 from suti.world.scene import Scene, Subject, appearance_phrase, compose, stable_seed
 
 log = logging.getLogger("suti.eval")
-METHODS = ("oracle", "base", "expert", "apprentice", "dreamsuti")
+METHODS = ("oracle", "base", "expert", "reimagen", "apprentice", "dreamsuti")
 PROMPT_PROTOCOL = "shared"  # one prompt and one seed per slot for every method
 PROTOCOL_VERSION = 2  # bump when prompts, seeds or scores change meaning: results are keyed by it
 

@@ -86,9 +86,12 @@ def test_sweep_nests_runs_and_eval_promote(engine):
         assert "G.size" in ch.data.metrics
     trained = [r for r in sw["lambdas"] if r["overall"] is not None]
     assert trained and all(0 <= r["overall"] <= 1 for r in trained)
+    reimagen = _check_reimagen(ov, store, c)
     ev = eval_flow(overrides=ov)
     methods = {r["method"] for r in ev["table"]}
-    assert methods == {"oracle", "base", "expert", "apprentice", "dreamsuti"}
+    assert methods == {"oracle", "base", "expert", "reimagen", "apprentice", "dreamsuti"}
+    assert [k["k"] for k in ev["kshot_reimagen"]] == [k["k"] for k in ev["kshot"]]
+    assert ev["settings"]["reimagen"] == reimagen  # its content keys the results too
     for r in ev["table"]:
         for k in ("identity", "clip_i", "clip_t", "subject", "text", "photorealism", "overall", "seconds_per_subject",
                   "bytes_per_subject"):
@@ -110,6 +113,24 @@ def test_sweep_nests_runs_and_eval_promote(engine):
     _check_unregistered_models_get_their_own_results(ov, store, sw)
 
 
+def _check_reimagen(ov, store, client) -> str:
+    """Re-Imagen: the apprentice's architecture on the raw mined clusters (no experts), registered
+    apart; returns its content fingerprint."""
+    from suti.flows.train import train_flow
+    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.evaluate import model_fingerprint
+    from suti.tasks.experts import load_clusters
+
+    rep = train_flow(overrides=ov, source="clusters")
+    clusters = load_clusters(store)
+    assert rep["source"] == "clusters" and rep["run_name"] == "reimagen"
+    assert rep["rows"] == sum(len(c["images"]) for c in clusters)  # every cluster image is a target once
+    assert rep["registered"]["name"] == "suti-reimagen" and rep["registered"]["alias"] == "candidate"
+    v = client.get_model_version_by_alias("suti-reimagen", "candidate")
+    assert v.tags["source"] == "clusters"
+    return model_fingerprint(Apprentice.load("models:/suti-reimagen@candidate"))
+
+
 def _check_protocol(store, sw, ev):
     """World v2's yardstick: val for the sweep, test for Table 1; one prompt and seed per slot."""
     idx = store.get_json("world/heldout/index.json")["subjects"]
@@ -124,7 +145,7 @@ def _check_protocol(store, sw, ev):
     for r in records:
         by_slot.setdefault((r["subject_id"], r["slot"]), set()).add((r["prompt"], r["seed"]))
     methods = {r["method"] for r in records}
-    assert methods == {"base", "expert", "apprentice", "dreamsuti"}
+    assert methods == {"base", "expert", "reimagen", "apprentice", "dreamsuti"}
     assert by_slot and all(len(v) == 1 for v in by_slot.values())  # same prompt and seed across methods
     z = ev["zero_demos_vs_base"]
     assert z["slots"] > 0 and z["identity_max_abs_diff"] < 1e-6  # K = 0 is the base row

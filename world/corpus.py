@@ -92,7 +92,8 @@ def heldout_subjects(cfg: WorldConfig) -> list[Subject]:
 def heldout_split(cfg: WorldConfig) -> dict[str, str]:
     """Held-out subject id -> "val" | "test": every k-th subject is validation, so both
     splits cycle through the classes; disjoint, and neither ever appears on a page."""
-    n, v = cfg.heldout_subjects, min(cfg.val_subjects, cfg.heldout_subjects)
+    n = cfg.heldout_subjects
+    v = max(0, min(cfg.val_subjects, n - 1))  # test is never empty
     step = max(1, n // v) if v else 0
     val = {i for i in range(n) if v and i % step == step - 1}
     val = set(sorted(val)[:v])
