@@ -1014,15 +1014,17 @@ def model_signature():
     """The pyfunc's signature: one request per row, `prompt` required, the rest optional."""
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
-    from mlflow.types.schema import Array, ColSpec, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
     inputs = Schema([ColSpec(DataType.string, "prompt"),
                      ColSpec(Array(DataType.string), "demos", required=False),
                      ColSpec(Array(DataType.string), "demo_texts", required=False),
-                     ColSpec(DataType.long, "num_images", required=False),
-                     ColSpec(DataType.long, "seed", required=False),
-                     ColSpec(DataType.double, "guidance", required=False),
-                     ColSpec(DataType.long, "steps", required=False),
+                     # numbers as AnyType: records that leave one out make it NaN (a float column), which
+                     # a long column refuses, and a double column refuses ints; predict checks and casts them
+                     ColSpec(AnyType(), "num_images", required=False),
+                     ColSpec(AnyType(), "seed", required=False),
+                     ColSpec(AnyType(), "guidance", required=False),
+                     ColSpec(AnyType(), "steps", required=False),
                      ColSpec(DataType.string, "scheduler", required=False)])
     outputs = Schema([ColSpec(DataType.string, "prompt"), ColSpec(Array(DataType.string), "images")])
     return ModelSignature(inputs=inputs, outputs=outputs)
