@@ -114,7 +114,7 @@ def eval_settings(cfg, store, split: str, limit: int | None) -> dict:
             "apprentice_demos": int(a.demos),
             "dreamsuti": {k: a.get(k) for k in ("dreamsuti_steps", "dreamsuti_lr", "dreamsuti_batch_size",
                                                 "dreamsuti_train_base")},
-            "expert": OmegaConf.to_container(cfg.expert, resolve=True),
+            "expert": expert_settings(cfg, store)["expert"],
             "world": _world_key(cfg), "foundation": _foundation_meta(store)}
 
 
@@ -124,7 +124,10 @@ def expert_settings(cfg, store) -> dict:
     from omegaconf import OmegaConf
 
     ev = cfg.eval
-    return {"protocol_version": PROTOCOL_VERSION, "expert": OmegaConf.to_container(cfg.expert, resolve=True),
+    from suti.tasks.experts import RECIPE_KEYS
+
+    e = OmegaConf.to_container(cfg.expert, resolve=True)
+    return {"protocol_version": PROTOCOL_VERSION, "expert": {k: v for k, v in e.items() if k in RECIPE_KEYS},
             "images_per_prompt": int(ev.images_per_prompt), "guidance": float(ev.guidance),
             "scheduler": str(ev.scheduler), "sample_steps": int(ev.sample_steps), "seed": int(cfg.seed),
             "world": _world_key(cfg), "base": _foundation_meta(store)["base"]}

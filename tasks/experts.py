@@ -73,36 +73,44 @@ def expert_specs(store, limit: int | None = None) -> list[ExpertSpec]:
     return specs[:limit] if limit else specs
 
 
-def expert_fingerprint(spec: ExpertSpec, cfg: DictConfig, base_state: dict | None, samples_per_prompt: int,
+# the expert settings that change an expert's weights or samples
+RECIPE_KEYS = ("method", "steps", "batch_size", "lr", "optimizer", "lora_rank", "guidance", "prompts_per_cluster",
+               "samples_per_prompt", "sample_steps", "scheduler")
+
+
+def expert_fingerprint(spec: ExpertSpec, cfg: DictConfig, base: dict | None, samples_per_prompt: int,
                        slot_seeds: list[int] | None = None) -> str:
     """What an expert's outputs depend on: its cluster (images, texts, prompts), the expert
-    recipe, the base model, the samples per prompt (and the evaluation's seeds and sampler
-    when it serves Table 1). A stored expert is reused only while this is unchanged."""
+    recipe (not how many clusters or how they fan out), the base model (its recipe: training,
+    schedule, world), the samples per prompt (and the evaluation's seeds and sampler when it
+    serves Table 1). A stored expert is reused only while this is unchanged."""
     from omegaconf import OmegaConf
 
     from suti.store import digest
 
-    base = (base_state or {}).get("meta", {})
-    part = {"spec": spec.model_dump(), "expert": OmegaConf.to_container(cfg.expert, resolve=True),
-            "base": {k: base.get(k) for k in ("unet_config", "schedule", "steps", "recipe")},
+    e = OmegaConf.to_container(cfg.expert, resolve=True)
+    part = {"spec": spec.model_dump(), "expert": {k: v for k, v in e.items() if k in RECIPE_KEYS}, "base": base,
             "samples_per_prompt": int(samples_per_prompt), "seed": int(cfg.seed)}
     if slot_seeds is not None:
         part["slots"] = {"seeds": [int(x) for x in slot_seeds],
-                         "sampler": OmegaConf.to_container(cfg.eval, resolve=True)}
+                         "sampler": {k: cfg.eval[k] for k in ("guidance", "scheduler", "sample_steps")}}
     return digest(part)
+
+
+def base_recipe(store) -> dict | None:
+    """The trained base model's recipe (its done marker): what experts are fine-tuned from."""
+    return (store.done_meta("foundation/base") or {}).get("recipe")
 
 
 def current_experts(cfg: DictConfig, store, root: str = "experts") -> list[dict]:
     """Records of the finished experts of the current mining and `expert.clusters` (not every
     expert ever stored: an expert of an earlier mining or recipe is left out)."""
-    from suti.models.scorers import load_state
-
-    base_state = load_state(store, "foundation/base/model.pt")
+    base = base_recipe(store)
     n = int(cfg.expert.samples_per_prompt)
     out = []
     for spec in expert_specs(store, cfg.expert.get("clusters")):
         meta = store.done_meta(f"{root}/{spec.cluster_id}")
-        if meta and meta.get("fingerprint") == expert_fingerprint(spec, cfg, base_state, n):
+        if meta and meta.get("fingerprint") == expert_fingerprint(spec, cfg, base, n):
             out.append(store.get_json(f"{root}/{spec.cluster_id}/record.json"))
     return out
 
@@ -190,7 +198,7 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip,
     prefix = f"{root}/{spec.cluster_id}"
     ecfg, R = cfg.expert, cfg.world.resolution
     n_per = int(samples_per_prompt or ecfg.samples_per_prompt)
-    fp = expert_fingerprint(spec, cfg, base_state, n_per, slot_seeds)
+    fp = expert_fingerprint(spec, cfg, base_recipe(store), n_per, slot_seeds)
     meta = store.done_meta(prefix)
     if meta is not None and meta.get("fingerprint") == fp:
         rec = store.get_json(f"{prefix}/record.json")

@@ -56,6 +56,26 @@ def test_experts_check_reused_while_nothing_changed(engine):
     assert stored_check(cfg, store, specs[:-1]) is None
 
 
+def test_experts_are_keyed_by_their_recipe_not_the_budget(engine):
+    """A stored expert is reused only while its cluster, recipe and base hold; how many clusters
+    the engine trains (or how they fan out) does not touch it; the filter reads only current ones."""
+    from omegaconf import OmegaConf
+
+    from suti.tasks.experts import base_recipe, current_experts, expert_fingerprint, expert_specs
+
+    ov, cfg, store, rep = engine
+    spec = expert_specs(store, cfg.expert.get("clusters"))[0]
+    fp = lambda c, s=spec: expert_fingerprint(s, c, base_recipe(store), int(c.expert.samples_per_prompt))  # noqa: E731
+    assert store.done_meta(f"experts/{spec.cluster_id}")["fingerprint"] == fp(cfg)
+    assert fp(OmegaConf.merge(cfg, {"expert": {"clusters": 99, "runner": "dask", "check_clusters": 1}})) == fp(cfg)
+    assert fp(OmegaConf.merge(cfg, {"expert": {"lr": 3e-4}})) != fp(cfg)
+    other = spec.model_copy(update={"prompts": spec.prompts[:1]})
+    assert fp(cfg, other) != fp(cfg)
+    current = current_experts(cfg, store)
+    assert rep["samples"] == sum(len(r["samples"]) for r in current) > 0
+    assert current_experts(OmegaConf.merge(cfg, {"expert": {"steps": 7}}), store) == []  # another recipe: none current
+
+
 def test_filter_sizes_non_increasing(engine):
     ov, cfg, store, rep = engine
     sizes = [s["size"] for s in rep["size_list"]]
@@ -82,8 +102,10 @@ def test_sweep_nests_runs_and_eval_promote(engine):
     children = c.search_runs([c.get_run(sw["parent_run_id"]).info.experiment_id],
                              f"tags.mlflow.parentRunId = '{sw['parent_run_id']}'")
     assert len(children) == len(sw["lambdas"])
+    own = {str(r["mlflow_run_id"]): "None" if r["lambda"] is None else str(float(r["lambda"])) for r in sw["lambdas"]}
     for ch in children:
         assert "G.size" in ch.data.metrics
+        assert ch.data.params["lambda"] == own[ch.info.run_id]  # its own lambda, as a param
     trained = [r for r in sw["lambdas"] if r["overall"] is not None]
     assert trained and all(0 <= r["overall"] <= 1 for r in trained)
     reimagen = _check_reimagen(ov, store, c)
