@@ -9,19 +9,17 @@ server and generates an image.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from conftest import smoke_overrides
-from servers import free_port, moto_server, stop_process, wait_for_http
+from servers import mlflow_server, moto_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,37 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUCKET = "suti-ops"
 RUN_TIMEOUT = 40 * 60
-
-
-@contextlib.contextmanager
-def mlflow_server(tmp: Path, artifacts_destination: str, env: dict, timeout: float = 300) -> Iterator[str]:
-    """`mlflow server` (sqlite backend, artifacts proxied to `artifacts_destination`) on a free
-    port; yields its URL. `mlflow server` runs uvicorn as a child: both are stopped by PID."""
-    import psutil
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp / "mlflow-server.log", "wb")
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                             "--artifacts-destination", artifacts_destination, "--workers", "1",
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    pid = proc.pid  # the server's own PID
-    children: list = []
-    try:
-        wait_for_http(f"{url}/health", timeout=timeout, proc=proc, log=tmp / "mlflow-server.log", name="mlflow server")
-        children = psutil.Process(pid).children(recursive=True)  # its uvicorn, started by it
-        yield url
-    finally:
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.terminate()
-        psutil.wait_procs(children, timeout=15)
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        stop_process(proc, grace=15)
-        log.close()
 
 
 def suti_env(tmp: Path) -> dict:
