@@ -133,6 +133,19 @@ def test_sweep_nests_runs_and_eval_promote(engine):
     assert c.get_model_version_by_alias("suti-apprentice", "champion").version == pr["champion_after"]
     _check_protocol(store, sw, ev)
     _check_unregistered_models_get_their_own_results(ov, store, sw)
+    _check_world_only_eval(ov, ev)
+
+
+def _check_world_only_eval(ov, ev):
+    """`eval.methods=[oracle,base,expert]` measures the world and the experts without loading an
+    apprentice; the rows it shares with Table 1 are the same numbers (same slots, seeds, experts)."""
+    from suti.flows.eval import eval_flow
+
+    w = eval_flow(overrides=[*ov, "eval.methods=[oracle,base,expert]"])
+    assert {r["method"] for r in w["table"]} == {"oracle", "base", "expert"} and w["model_id"] == "no-apprentice"
+    full = {r["method"]: r for r in ev["table"]}
+    for r in w["table"]:
+        assert r["identity"] == pytest.approx(full[r["method"]]["identity"], abs=1e-6), r["method"]
 
 
 def _check_reimagen(ov, store, client) -> str:
