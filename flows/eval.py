@@ -297,7 +297,10 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
         eval_id = f"world-{split}-{model_id}-{E.settings_digest(settings)}"
         if force:
             store.delete(f"eval/{eval_id}")
-        ctx = {"scorers": sc, "apprentice": app, "backbone": load_backbone(cfg, store), "clip": load_clip(cfg, store),
+        backbone = load_backbone(cfg, store)
+        # the backbone already holds the CLIP text tower the experts fine-tune with: not loaded twice
+        ctx = {"scorers": sc, "apprentice": app, "backbone": backbone,
+               "clip": getattr(backbone, "clip", None) or load_clip(cfg, store),
                "base_state": load_state(store, "foundation/base/model.pt"), "methods": list(settings["methods"]),
                "expert_id": f"experts-{E.settings_digest(E.expert_settings(cfg, store))}", "reimagen": reimagen}
         cases = _subject_cases(cfg, store, sc, limit, split)
@@ -387,7 +390,8 @@ def _model_version(cfg, model: str) -> str | None:
     return ref.strip("/") or None
 
 
-GRID_COLUMNS_DOC = "3 demos | then per method (oracle, base, expert, apprentice, dreamsuti): prompt 0 (jungle), prompt 20 (red)"
+GRID_COLUMNS_DOC = ("3 demos | then per method (oracle, base, expert, reimagen, apprentice, dreamsuti; those run): "
+                    "prompt 0 (jungle), prompt 20 (red)")
 
 
 def grid_labels(result: dict) -> list[str]:

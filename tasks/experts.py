@@ -222,10 +222,11 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip,
                                  ecfg.scheduler, ecfg.sample_steps, ecfg.guidance, seed + 1, cfg.backbone)
     else:
         from suti.models.backbone import TinyBackbone, base_model_fn, text_to_image
+        from suti.models.diffusion import schedule_config
 
         seeds = [int(s) for s in slot_seeds]
         ev = cfg.eval
-        bb = TinyBackbone(clip, cfg.backbone.clip_config, unet.eval(), TinyBackbone._schedule(cfg.backbone))
+        bb = TinyBackbone(clip, cfg.backbone.clip_config, unet.eval(), schedule_config(cfg.backbone))
         samples = np.concatenate([text_to_image(bb, base_model_fn(bb), t, n_per, ev.guidance, ev.scheduler,
                                                 ev.sample_steps, s) for t, s in zip(prompt_texts, seeds)])
     sample_s = time.time() - t1
