@@ -119,7 +119,7 @@ def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
 
 def train_rater(cfg: DictConfig, store, images, scenes) -> dict:
     c = cfg.foundation.rater
-    arch = {"width": 32}
+    arch = {"width": int(c.width)}
     torch.manual_seed(cfg.seed)
     net = RaterNet(**arch)
     targets = scene_targets(scenes)
@@ -214,6 +214,20 @@ def heldout_renders(cfg: DictConfig, store, n: int) -> list[Scene]:
     return [random_scene(rng, subjects[i % len(subjects)]) for i in range(n)]
 
 
+def rater_checks(scenes: list[Scene], pred: list[dict]) -> dict:
+    """How often the rater's labels of renders match the scenes' truth."""
+    def acc(key):
+        return float(np.mean([p[key] == t for p, t in zip(pred, (key_of(s, key) for s in scenes))]))
+
+    def key_of(s, key):
+        return {"cls": s.subject.cls, "context": s.context, "pattern": s.subject.pattern, "view": s.view,
+                "style": s.style}[key]
+
+    return {"class_acc": acc("cls"), "context_acc": acc("context"), "pattern_acc": acc("pattern"),
+            "view_acc": acc("view"), "style_acc": acc("style"),
+            "real_on_renders": float(np.mean([p["real"] > 0.5 for p in pred]))}
+
+
 def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dict:
     """The foundation checks of the issue, on held-out renders."""
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
@@ -238,15 +252,7 @@ def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dic
     res["identity"] = identity_checks(cfg, sc, scenes, ims)
 
     # rater
-    pred = sc.labels(ims)
-    res["rater"] = {
-        "class_acc": float(np.mean([p["cls"] == s.subject.cls for p, s in zip(pred, scenes)])),
-        "context_acc": float(np.mean([p["context"] == s.context for p, s in zip(pred, scenes)])),
-        "pattern_acc": float(np.mean([p["pattern"] == s.subject.pattern for p, s in zip(pred, scenes)])),
-        "view_acc": float(np.mean([p["view"] == s.view for p, s in zip(pred, scenes)])),
-        "style_acc": float(np.mean([p["style"] == s.style for p, s in zip(pred, scenes)])),
-        "real_on_renders": float(np.mean([p["real"] > 0.5 for p in pred])),
-    }
+    res["rater"] = rater_checks(scenes, sc.labels(ims))
 
     # base model vs untrained, on generic held-out prompts
     n = cfg.foundation.eval.base_prompts
