@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     from suti.flows.common import prepare
     from suti.models.scorers import load_state
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import load_apprentice
     from suti.tasks.evaluate import _record, load_png
     from suti.tasks.experts import ExpertSpec, run_expert
     from suti.tasks.foundation import load_clip
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
 
         pipeline_flow(overrides=ov)
     cfg, store = prepare(ov)
-    app = Apprentice.load(args.model, cfg, store, device="cpu")
+    app = load_apprentice(args.model, cfg, store, device="cpu")
     base_state = load_state(store, "foundation/base/model.pt")
     clip = load_clip(cfg, store)
     subjects = store.get_json("world/heldout/index.json")["subjects"][: args.subjects]

@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from suti.cli import UserError
+from suti.errors import UserError
 from suti.flows.common import logger, prepare, write_report
 from suti.tracking import log_params, mlflow_run
 
@@ -85,9 +85,9 @@ def subject_name(name: str | None, subject_dir: str | None, files: list[Path]) -
 
 @task(name="load-apprentice", task_run_name="load-{model}", cache_policy=NO_CACHE)
 def load_apprentice(cfg, store, model: str):
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import load_apprentice
 
-    return Apprentice.load(model, cfg, store)
+    return load_apprentice(model, cfg, store)
 
 
 @task(name="dreamsuti-finetune", task_run_name="dreamsuti-{name}", cache_policy=NO_CACHE)
@@ -99,11 +99,11 @@ def finetune(cfg, store, apprentice, images, texts, name: str, run_id: str, forc
 
 @task(name="log-dreamsuti-model", task_run_name="log-model-{run_name}", cache_policy=NO_CACHE, retries=2)
 def log_model(cfg, store, run_name: str, run_id: str) -> str:
-    from suti.tasks.apprentice import _download_prefix, _local_dir, log_pyfunc
+    from suti.tasks.apprentice import cache_dir, download_prefix, log_pyfunc
 
-    local = Path(tempfile.mkdtemp(prefix="dreamsuti-", dir=_local_dir(cfg)))
+    local = Path(tempfile.mkdtemp(prefix="dreamsuti-", dir=cache_dir(cfg)))
     try:
-        _download_prefix(store, f"apprentice/{run_name}/model", local / "model")
+        download_prefix(store, f"apprentice/{run_name}/model", local / "model")
         return log_pyfunc(local / "model", run_id).model_uri
     finally:
         shutil.rmtree(local, ignore_errors=True)
@@ -148,7 +148,7 @@ def dreamsuti_flow(overrides: list[str] | None = None, force: bool = False, subj
     cfg, store = prepare(overrides)
     for f in files:  # every file problem is one line, before prefect and the model load
         read_image(f)
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import check_source
 
-    Apprentice.check_source(model or str(cfg.apprentice.model), cfg, store)
+    check_source(model or str(cfg.apprentice.model), cfg, store)
     return dreamsuti_run(list(overrides or []), [str(f) for f in files], texts, subject, model, force)

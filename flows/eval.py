@@ -15,6 +15,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from suti import keys as K
 from suti.flows.common import logger, prepare, write_report
 from suti.tasks import evaluate as E
 from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
@@ -33,7 +34,7 @@ def add_arguments(parser) -> None:
 
 def split_subjects(store, split: str, limit: int | None = None) -> list[dict]:
     """The held-out subjects of one split (`val` or `test`), in world order, first `limit`."""
-    from suti.cli import UserError
+    from suti.errors import UserError
 
     idx = store.get_json("world/heldout/index.json")["subjects"]
     if any("split" not in s for s in idx):
@@ -99,9 +100,9 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
             t = time.time()
             tuned_src = E.deepcopy_apprentice(app)
             rec = dreamsuti(cfg, store, tuned_src, list(case.demos), case.demo_texts, f"{eval_id}-{case.sid}")
-            from suti.tasks.apprentice import Apprentice
+            from suti.tasks.apprentice import load_apprentice
 
-            tuned = Apprentice.load(f"dreamsuti-{eval_id}-{case.sid}", cfg, store)
+            tuned = load_apprentice(f"dreamsuti-{eval_id}-{case.sid}", cfg, store)
             images["dreamsuti"] = E.apprentice_images(tuned, case, recs, n, seeds, cfg, k=1)
             secs["dreamsuti"] = time.time() - t
             nbytes["dreamsuti"] = int(sum(v.numel() * v.element_size() for v in tuned.model.state_dict().values()))
@@ -262,7 +263,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
     import mlflow
 
     from suti.models.scorers import Scorers, load_state
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import load_apprentice
     from suti.models.backbone import load_backbone
     from suti.tasks.foundation import load_clip
 
@@ -279,7 +280,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
     # only rows that need an apprentice load one (`eval.methods=[oracle,base,expert]` measures the world)
     needs_app = bool({"apprentice", "dreamsuti"} & set(cfg.eval.methods))
-    app = Apprentice.load(model, cfg, store) if needs_app else None
+    app = load_apprentice(model, cfg, store) if needs_app else None
     version = _model_version(cfg, model) if needs_app else None
     reimagen = _load_reimagen(cfg, store, lg) if "reimagen" in cfg.eval.methods else None
     t0 = time.time()
@@ -301,7 +302,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
         # the backbone already holds the CLIP text tower the experts fine-tune with: not loaded twice
         ctx = {"scorers": sc, "apprentice": app, "backbone": backbone,
                "clip": getattr(backbone, "clip", None) or load_clip(cfg, store),
-               "base_state": load_state(store, "foundation/base/model.pt"), "methods": list(settings["methods"]),
+               "base_state": load_state(store, K.BASE), "methods": list(settings["methods"]),
                "expert_id": f"experts-{E.settings_digest(E.expert_settings(cfg, store))}", "reimagen": reimagen}
         cases = _subject_cases(cfg, store, sc, limit, split)
         lg.info(f"evaluating {len(cases)} held-out subjects x 25 prompts x {cfg.eval.images_per_prompt} images, "
@@ -365,11 +366,11 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
 def _load_reimagen(cfg, store, lg):
     """Table 1's Re-Imagen row: `reimagen.model`; without one the row is left out, and the
     log says how to make it."""
-    from suti.cli import UserError
-    from suti.tasks.apprentice import Apprentice
+    from suti.errors import UserError
+    from suti.tasks.apprentice import load_apprentice
 
     try:
-        return Apprentice.load(str(cfg.reimagen.model), cfg, store)
+        return load_apprentice(str(cfg.reimagen.model), cfg, store)
     except UserError as e:
         lg.warning(f"no Re-Imagen row: {e}; train it with `suti train --source clusters`")
         return None

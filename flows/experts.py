@@ -12,6 +12,7 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from suti import keys as K
 from suti.flows.common import logger, prepare, write_report
 from suti.tasks.experts import ExpertResult, ExpertSpec, expert_specs, run_expert
 from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
@@ -25,7 +26,7 @@ def _runtime(cfg_dict: dict, store_uri: str, endpoint: str | None):
 
     cfg = OmegaConf.create(cfg_dict)
     store = open_store(store_uri, endpoint)
-    return cfg, store, load_state(store, "foundation/base/model.pt"), load_clip(cfg, store)
+    return cfg, store, load_state(store, K.BASE), load_clip(cfg, store)
 
 
 @task(name="expert", task_run_name="expert-{spec.cluster_id}", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)

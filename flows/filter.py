@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 from prefect import flow, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from suti.flows.common import logger, prepare, write_report
@@ -59,7 +59,7 @@ def kept_vs_dropped(cfg, store, rows: list[dict], lam: float) -> dict:
 @flow(name="filter", log_prints=True)
 def filter_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     from suti.flows.experts import experts_flow
-    from suti.tasks.filter import histogram_png, load_rows, select
+    from suti.tasks.filter import histogram_png, select
 
     cfg, store = prepare(overrides)
     lg = logger()

@@ -10,6 +10,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from suti import keys as K
 from suti.flows.common import logger, prepare, write_report
 from suti.flows.world import world_flow
 from suti.tasks import foundation as F
@@ -23,7 +24,7 @@ def train_model(model: str, cfg, store, images, scenes) -> dict:
     t0 = time.time()
     out = TRAINERS[model](cfg, store, images, scenes)
     out["seconds"] = round(time.time() - t0, 1)
-    store.mark_done(f"foundation/{model}", {"seconds": out["seconds"], "loss": out["loss"],
+    store.mark_done(K.foundation_done(model), {"seconds": out["seconds"], "loss": out["loss"],
                                             "steps": int(cfg.foundation[model].steps),
                                             "recipe": F.recipe(cfg, model)})
     logger().info(f"trained {model} in {out['seconds']} s (loss {out['loss']:.4f})")
@@ -69,7 +70,7 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
     seconds, losses, reused = {}, {}, []
     with mlflow_run(cfg, "foundation") as rid:
         for model in F.MODELS:
-            meta = store.done_meta(f"foundation/{model}")
+            meta = store.done_meta(K.foundation_done(model))
             if finished[model] and not force:
                 lg.info(f"{model}: finished earlier, reusing it")
                 seconds[model], losses[model] = meta["seconds"], meta["loss"]
@@ -115,7 +116,7 @@ CHECKED = "foundation/checks.json"
 
 def _finished(cfg, store, model: str) -> bool:
     """Trained with this recipe (its training section, and the world it learned from)."""
-    meta = store.done_meta(f"foundation/{model}")
+    meta = store.done_meta(K.foundation_done(model))
     return meta is not None and meta.get("recipe") == F.recipe(cfg, model)
 
 
@@ -125,7 +126,7 @@ def _fingerprint(cfg, store) -> str:
 
     from suti.store import digest
 
-    parts = {m: store.done_meta(f"foundation/{m}") for m in F.MODELS}
+    parts = {m: store.done_meta(K.foundation_done(m)) for m in F.MODELS}
     parts["eval"] = OmegaConf.to_container(cfg.foundation.eval, resolve=True)
     return digest(parts)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from suti.cli import UserError
+from suti.errors import UserError
 from suti.config import SCHEDULERS
 
 MAX_IMAGES = 64
@@ -137,9 +137,9 @@ def _flow():
 
     @task(name="load-apprentice", task_run_name="load apprentice {model}", cache_policy=NO_CACHE)
     def load_apprentice(cfg, store, model: str):
-        from suti.tasks.apprentice import Apprentice
+        from suti.tasks.apprentice import load_apprentice
 
-        return Apprentice.load(model, cfg, store)
+        return load_apprentice(model, cfg, store)
 
     @task(name="generate", task_run_name="render {n} image(s)", cache_policy=NO_CACHE)
     def render(apprentice, images, req: GenerateRequest, n: int) -> list:
@@ -182,9 +182,9 @@ def generate_flow(overrides: list[str] | None = None, force: bool = False, demo=
     req = build_request(demo, demo_text, prompt, out, num_images, seed, scheduler, steps, guidance, model, grid)
     cfg, store = prepare(overrides)  # a wrong override fails here, before the files are read
     check_inputs(req)  # every file problem is one line, before prefect and the model load
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import check_source
 
-    Apprentice.check_source(req.model or str(cfg.apprentice.model), cfg, store)
+    check_source(req.model or str(cfg.apprentice.model), cfg, store)
     paths = _flow()(list(overrides or []), req)
     for p in paths:
         print(Path(p))

@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from suti.cli import UserError
+from suti.errors import UserError
 from suti.config import workdir
 from suti.flows.common import logger, prepare, write_report
 from suti.store import StoreError

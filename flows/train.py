@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
 
 def parse_lam(value, cfg) -> float | None:
     """``--lam`` / ``lam=``: a number, None / 'none' (every row) or 'config' (filter.lambda_)."""
-    from suti.cli import UserError
+    from suti.errors import UserError
 
     if value == LAM_FROM_CONFIG:
         value = cfg.filter.get("lambda_")

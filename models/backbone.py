@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from suti import keys as K
+
 __all__ = ["Backbone", "TinyBackbone", "SDBackbone", "load_backbone", "load_exported", "sample_cfg"]
 
 SCHEDULER_KINDS = ("dpm", "ddim", "ddpm")
@@ -180,19 +182,19 @@ class TinyBackbone(Backbone):
         from suti.models.clip import build_clip
         from suti.models.scorers import load_state
 
-        for key in ("foundation/clip/model.pt", "foundation/base/model.pt"):
+        for key in (K.CLIP, K.BASE):
             if not store.exists(key):
                 from suti.store import StoreError
 
                 raise StoreError(f"missing artifact: {store.url(key)} (run `suti foundation` first)")
-        from suti.tasks.foundation import check_schedule
+        from suti.models.diffusion import check_schedule
 
-        state = load_state(store, "foundation/base/model.pt")
+        state = load_state(store, K.BASE)
         check_schedule(cfg, state["meta"])
         unet = UNet2DConditionModel.from_config(state["meta"]["unet_config"])
         unet.load_state_dict(state["state_dict"])
         clip = build_clip(cfg.backbone.clip_config, image_size=int(unet.config.sample_size))
-        clip.load_state_dict(load_state(store, "foundation/clip/model.pt")["state_dict"])
+        clip.load_state_dict(load_state(store, K.CLIP)["state_dict"])
         return cls(clip, str(cfg.backbone.clip_config), unet.eval(), cls._schedule(cfg.backbone))
 
     @classmethod

@@ -127,3 +127,14 @@ def _takes_generator(scheduler) -> bool:
 def to_uint8(x: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def check_schedule(cfg: DictConfig, meta: dict) -> None:
+    """A base model sampled with another prediction type than it learned makes noise: refuse."""
+    from suti.store import StoreError
+
+    trained = (meta.get("schedule") or {}).get("prediction_type", "epsilon")
+    wanted = schedule_config(cfg.backbone)["prediction_type"]
+    if trained != wanted:
+        raise StoreError(f"the stored base model predicts {trained!r} but backbone.prediction_type is {wanted!r}: "
+                         f"run `suti foundation --force` or set backbone.prediction_type={trained}")

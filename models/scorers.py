@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from suti import keys as K
 from suti.models.clip import build_clip, image_pixels, text_hidden_states, tokenizer
 from suti.models.foundation import MULTI_HEADS, RATER_HEADS, IdentityNet, RaterNet
 from suti.world import vocab as V
@@ -45,11 +46,11 @@ class Scorers:
     @classmethod
     def load(cls, store, clip_name: str = "suti-tiny-clip", resolution: int = 32) -> "Scorers":
         clip = build_clip(clip_name, image_size=resolution)
-        clip.load_state_dict(load_state(store, "foundation/clip/model.pt")["state_dict"])
-        ident_state = load_state(store, "foundation/identity/model.pt")
+        clip.load_state_dict(load_state(store, K.CLIP)["state_dict"])
+        ident_state = load_state(store, K.IDENTITY)
         ident = IdentityNet(**ident_state["meta"]["arch"])
         ident.load_state_dict(ident_state["state_dict"])
-        rater_state = load_state(store, "foundation/rater/model.pt")
+        rater_state = load_state(store, K.RATER)
         rater = RaterNet(**rater_state["meta"]["arch"])
         rater.load_state_dict(rater_state["state_dict"])
         return cls(clip.eval(), ident.eval(), rater.eval(), clip_name)

@@ -35,8 +35,7 @@ COMMANDS = {
 READ_ONLY = {"status"}  # commands that write nothing, not even the workdir's cache folders
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line."""
+from suti.errors import UserError  # noqa: E402  (re-exported: `from suti.cli import UserError` still works)
 
 
 def _user_errors():

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from suti.cli import UserError
+from suti.errors import UserError
 
 MAX_PIXELS = 100_000_000  # larger images are refused (decompression bombs); 4000x3000 is 12 MP
 WORK_SIDE = 1024  # huge images are shrunk to this longest side while decoding (then cropped + resized)

@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
 
 def split_model(overrides: list[str]) -> tuple[str, list[str]]:
     """`suti serve MODEL key=value ...`: the model URI and the Hydra overrides."""
-    from suti.cli import OVERRIDE, UserError
+    from suti.cli import OVERRIDE
+    from suti.errors import UserError
 
     models = [o for o in overrides if not OVERRIDE.match(o)]
     if len(models) > 1:
@@ -64,7 +65,7 @@ def one_line_errors(app) -> None:
 
 
 def _port(value) -> int:
-    from suti.cli import UserError
+    from suti.errors import UserError
 
     try:
         port = int(str(value).strip())
@@ -84,7 +85,7 @@ def serve(overrides: list[str] | None = None, force: bool = False, host: str = "
     """Load MODEL (default the champion) and serve it until Ctrl-C."""
     import logging
 
-    from suti.cli import UserError
+    from suti.errors import UserError
     from suti.config import compose, setup_env
     from suti.store import open_store
 
@@ -97,11 +98,11 @@ def serve(overrides: list[str] | None = None, force: bool = False, host: str = "
     cfg = compose(ov)
     setup_env(cfg)
     store = open_store(str(cfg.storage.uri), cfg.storage.get("endpoint_url"))
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import check_source
 
     if not model.startswith(("models:/", "runs:/")):
         raise UserError(f"MODEL must be a models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH URI, got {model!r}")
-    Apprentice.check_source(model, cfg, store)  # one line when it names no model
+    check_source(model, cfg, store)  # one line when it names no model
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host, port))

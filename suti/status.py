@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-FOUNDATION_MODELS = ("clip", "identity", "rater", "base")
+from suti import keys as K
 
 
 def _markers(store, prefix: str) -> list[str]:
@@ -27,9 +27,9 @@ def stage_status(store) -> list[dict]:
         rows.append({"stage": stage, "done": bool(done), "detail": detail})
 
     add("world", store.exists("world/manifest.json"), "world/manifest.json")
-    models = [m for m in FOUNDATION_MODELS if store.is_done(f"foundation/{m}")]
-    add("foundation", len(models) == len(FOUNDATION_MODELS),
-        f"{len(models)}/{len(FOUNDATION_MODELS)} models" + (f" ({', '.join(models)})" if models else ""))
+    models = [m for m in K.FOUNDATION_MODELS if store.is_done(K.foundation_done(m))]
+    add("foundation", len(models) == len(K.FOUNDATION_MODELS),
+        f"{len(models)}/{len(K.FOUNDATION_MODELS)} models" + (f" ({', '.join(models)})" if models else ""))
     mine = store.done_meta("mine")
     n_clusters = None
     if mine is not None:
@@ -51,7 +51,7 @@ def stage_status(store) -> list[dict]:
 
 def status(overrides: list[str] | None = None, force: bool = False, out=None) -> int:
     """Print the stages of `suti run` and whether each is finished in the workdir."""
-    from suti.cli import UserError
+    from suti.errors import UserError
     from suti.config import compose
     from suti.store import open_store
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from suti import keys as K
 from suti.tasks.judge import class_key_of, judge
 from suti.world import vocab as V
-from suti.world.corpus import png_bytes
 from suti.world.scene import Scene, Subject, appearance_phrase, compose, stable_seed
 
 log = logging.getLogger("suti.eval")
@@ -89,7 +89,7 @@ def described_subject(labels: list[dict], sid: str, word: str) -> Subject:
 
 def _foundation_meta(store) -> dict:
     """The trained foundation models' recipes: the base model and the scorers behind every row."""
-    return {m: (store.done_meta(f"foundation/{m}") or {}).get("recipe") for m in ("clip", "identity", "rater", "base")}
+    return {m: (store.done_meta(K.foundation_done(m)) or {}).get("recipe") for m in ("clip", "identity", "rater", "base")}
 
 
 def _world_key(cfg) -> dict:

@@ -15,17 +15,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from suti import keys as K
 from suti.models.clip import build_clip, text_hidden_states, tokenizer
-from suti.models.diffusion import build_unet, guided_scheduler, sample, schedule_config, to_uint8, training_scheduler
+from suti.models.diffusion import (build_unet, check_schedule, guided_scheduler, sample, schedule_config, to_uint8,
+                                  training_scheduler)
 from suti.models.foundation import (BaseLit, ClipLit, IdentityLit, IdentityNet, RaterLit, RaterNet, corrupt, fit,
                                     jitter, loader, scene_targets)
 from suti.models.scorers import Scorers, load_state, save_module
-from suti.world.corpus import WorldConfig, rng_for
+from suti.world.corpus import rng_for
 from suti.world.render import grid, render
 from suti.world.scene import Scene, generic_caption, random_scene, scene_from_dict, subject_from_dict
 
 log = logging.getLogger("suti.foundation")
-MODELS = ("clip", "identity", "rater", "base")
+MODELS = K.FOUNDATION_MODELS
 
 
 def recipe(cfg: DictConfig, model: str) -> dict:
@@ -66,7 +68,7 @@ def train_clip(cfg: DictConfig, store, images, scenes) -> dict:
         return torch.as_tensor(images[idx]), tok(_captions(scenes, idx, rng, c.caption_drop))
 
     loss = fit(ClipLit(model, c.lr, c.steps), loader(batch, cfg.seed + 1), c.steps, cfg.progress, name="clip")
-    save_module(store, "foundation/clip/model.pt", model, {"config": cfg.backbone.clip_config, "loss": loss})
+    save_module(store, K.CLIP, model, {"config": cfg.backbone.clip_config, "loss": loss})
     return {"loss": loss}
 
 
@@ -113,7 +115,7 @@ def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
         return torch.as_tensor(images[idx]), torch.as_tensor(ids)
 
     loss = fit(IdentityLit(net, c.lr, c.steps, c.temperature), loader(batch, cfg.seed + 2), c.steps, cfg.progress, name="identity")
-    save_module(store, "foundation/identity/model.pt", net, {"arch": arch, "loss": loss})
+    save_module(store, K.IDENTITY, net, {"arch": arch, "loss": loss})
     return {"loss": loss}
 
 
@@ -133,13 +135,13 @@ def train_rater(cfg: DictConfig, store, images, scenes) -> dict:
                 torch.as_tensor(fake), real_label)
 
     loss = fit(RaterLit(net, c.lr, c.steps), loader(batch, cfg.seed + 3), c.steps, cfg.progress, name="rater")
-    save_module(store, "foundation/rater/model.pt", net, {"arch": arch, "loss": loss})
+    save_module(store, K.RATER, net, {"arch": arch, "loss": loss})
     return {"loss": loss}
 
 
 def load_clip(cfg: DictConfig, store):
     clip = build_clip(cfg.backbone.clip_config, image_size=cfg.world.resolution)
-    clip.load_state_dict(load_state(store, "foundation/clip/model.pt")["state_dict"])
+    clip.load_state_dict(load_state(store, K.CLIP)["state_dict"])
     return clip.eval().requires_grad_(False)
 
 
@@ -158,8 +160,8 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
                   float(c.get("min_snr_gamma", 0.0)))
     loss = fit(lit, loader(batch, cfg.seed + 4), c.steps, cfg.progress, name="base")
     unet = lit.final_unet()
-    save_module(store, "foundation/base/model.pt", unet,
-                {"unet_config": dict(unet.config), "loss": loss, "text_encoder": "foundation/clip/model.pt",
+    save_module(store, K.BASE, unet,
+                {"unet_config": dict(unet.config), "loss": loss, "text_encoder": K.CLIP,
                  "schedule": schedule_config(cfg.backbone)})
     return {"loss": loss}
 
@@ -167,22 +169,11 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
 def load_base_unet(cfg: DictConfig, store):
     from diffusers import UNet2DConditionModel
 
-    state = load_state(store, "foundation/base/model.pt")
+    state = load_state(store, K.BASE)
     check_schedule(cfg, state["meta"])
     unet = UNet2DConditionModel.from_config(state["meta"]["unet_config"])
     unet.load_state_dict(state["state_dict"])
     return unet.eval()
-
-
-def check_schedule(cfg: DictConfig, meta: dict) -> None:
-    """A base model sampled with another prediction type than it learned makes noise: refuse."""
-    from suti.store import StoreError
-
-    trained = (meta.get("schedule") or {}).get("prediction_type", "epsilon")
-    wanted = schedule_config(cfg.backbone)["prediction_type"]
-    if trained != wanted:
-        raise StoreError(f"the stored base model predicts {trained!r} but backbone.prediction_type is {wanted!r}: "
-                         f"run `suti foundation --force` or set backbone.prediction_type={trained}")
 
 
 def generate_base(unet, clip, clip_name: str, prompts: list[str], cfg_sampling, seed: int, batch: int = 50,

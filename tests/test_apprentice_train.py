@@ -202,11 +202,11 @@ def test_zero_demos_is_the_base_model(trained):
 
     from suti.models.apprentice import ApprenticeUNet
     from suti.models.backbone import TinyBackbone
-    from suti.tasks.apprentice import Apprentice, apprentice_config
+    from suti.tasks.apprentice import Apprentice, apprentice_config, load_apprentice
     from suti.tasks.foundation import generate_base
 
     cfg, store, row = trained["cfg"], trained["store"], trained["rows"][0]
-    app = Apprentice.load("lam-none", cfg, store, device="cpu")
+    app = load_apprentice("lam-none", cfg, store, device="cpu")
     assert any(float(g.detach().abs()) > 0 for g in app.model.gate_parameters())
     base_bb = TinyBackbone.from_store(cfg, store)
     base = Apprentice(base_bb, ApprenticeUNet(base_bb.unet, apprentice_config(cfg)), app.defaults).to("cpu")
@@ -233,9 +233,9 @@ def test_zero_demos_is_the_base_model(trained):
 
 
 def test_demo_memory_is_computed_once_per_request(trained, monkeypatch):
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import load_apprentice
 
-    app = Apprentice.load("lam-none", trained["cfg"], trained["store"], device="cpu")
+    app = load_apprentice("lam-none", trained["cfg"], trained["store"], device="cpu")
     calls = []
     real = app.model.encode_demos
     monkeypatch.setattr(app.model, "encode_demos", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -273,24 +273,24 @@ def test_changed_recipe_retrains(trained):
 
 
 def test_dreamsuti_finetunes_on_one_subject(trained):
-    from suti.tasks.apprentice import Apprentice, dreamsuti
+    from suti.tasks.apprentice import dreamsuti, load_apprentice
     from omegaconf import OmegaConf
 
     cfg, store = trained["cfg"], trained["store"]
     cfg = OmegaConf.merge(cfg, {"apprentice": {"dreamsuti_steps": 2, "dreamsuti_batch_size": 2, "grid_rows": 1}})
     index = store.get_json("world/heldout/index.json")["subjects"][0]
     images = [read_rgb(store, f"world/{k}") for k in index["demos"]]
-    app = Apprentice.load("lam-none", cfg, store, device="cpu")
+    app = load_apprentice("lam-none", cfg, store, device="cpu")
     before = {k: v.clone() for k, v in app.model.unet.state_dict().items()}
     rec = dreamsuti(cfg, store, app, images, [f"a {index['class']}"] * len(images), "h000")
     assert rec["run_name"] == "dreamsuti-h000" and rec["steps"] == 2 and store.is_done("apprentice/dreamsuti-h000")
-    tuned = Apprentice.load("dreamsuti-h000", cfg, store, device="cpu")
+    tuned = load_apprentice("dreamsuti-h000", cfg, store, device="cpu")
     assert tuned.defaults["demos"] == 1 and tuned.meta["dreamsuti"] == "h000"
     changed = [k for k, v in tuned.model.unet.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # Dream-SuTI fine-tunes the whole apprentice (dreamsuti_train_base)
     out = tuned.generate(images[:1], None, f"a {index['class']} in the snow", num_images=1, steps=2)
     assert out[0].shape == (32, 32, 3)
-    from suti.cli import UserError
+    from suti.errors import UserError
 
     with pytest.raises(UserError, match="at least 2 images"):
         dreamsuti(cfg, store, app, images[:1], ["x"], "one")

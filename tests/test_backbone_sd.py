@@ -163,7 +163,7 @@ def test_apprentice_trains_and_generates_on_sd(sd_world, tmp_path):
     # The bundled model needs nothing from the original folder.
     shutil.move(sd_world / "sd", sd_world / "sd-moved")
     try:
-        app = A.Apprentice.load("sd-test", cfg, store, device="cpu")
+        app = A.load_apprentice("sd-test", cfg, store, device="cpu")
     finally:
         shutil.move(sd_world / "sd-moved", sd_world / "sd")
     assert isinstance(app.backbone, SDBackbone) and app.backbone.resolution == 16

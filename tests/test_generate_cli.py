@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from suti.cli import UserError
+from suti.errors import UserError
 from suti.imageio import (WORK_SIDE, b64_png, check_writable, decode_image_bytes, from_b64, output_paths, png_bytes,
                           prepare, read_image)
 from test_apprentice_train import trained_world

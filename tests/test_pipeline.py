@@ -152,7 +152,7 @@ def _check_reimagen(ov, store, client) -> str:
     """Re-Imagen: the apprentice's architecture on the raw mined clusters (no experts), registered
     apart; returns its content fingerprint."""
     from suti.flows.train import train_flow
-    from suti.tasks.apprentice import Apprentice
+    from suti.tasks.apprentice import load_apprentice
     from suti.tasks.evaluate import model_fingerprint
     from suti.tasks.experts import load_clusters
 
@@ -163,7 +163,7 @@ def _check_reimagen(ov, store, client) -> str:
     assert rep["registered"]["name"] == "suti-reimagen" and rep["registered"]["alias"] == "candidate"
     v = client.get_model_version_by_alias("suti-reimagen", "candidate")
     assert v.tags["source"] == "clusters"
-    return model_fingerprint(Apprentice.load("models:/suti-reimagen@candidate"))
+    return model_fingerprint(load_apprentice("models:/suti-reimagen@candidate"))
 
 
 def _check_protocol(store, sw, ev):

@@ -1,0 +1,86 @@
+"""The apprentice's training settings, architecture and sampling defaults, read from the config."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from suti.models.apprentice import ApprenticeConfig
+
+log = logging.getLogger("suti.apprentice")
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass
+class TrainSettings:
+    """Everything a training run of the apprentice needs (from ``cfg.apprentice``)."""
+
+    steps: int = 1500  # optimizer steps
+    batch_size: int = 16  # examples per step (per device)
+    demos: int = 3  # demonstrations per example (sampled from the cluster C_s)
+    lr: float = 2e-4  # learning rate of the new demo layers
+    train_base: bool = False  # also fine-tune the base UNet ...
+    base_lr: float = 2e-5  # ... at this (lower) learning rate
+    weight_decay: float = 0.01  # AdamW weight decay (never on the gates)
+    warmup_frac: float = 0.05  # linear warm-up, then cosine decay to 5%
+    grad_clip: float = 1.0  # gradient-norm clipping (0: off)
+    text_drop: float = 0.1  # CFG dropout of the prompt
+    demo_drop: float = 0.1  # CFG dropout of all demos of an example
+    demo_text_drop: float = 0.1  # dropout of each demo's own text (text-less demos at inference)
+    checkpoint_every: int = 200  # steps between checkpoints written to the store
+    log_every: int = 20  # steps between MLflow metric logs
+    accelerator: str = "auto"  # Lightning accelerator
+    strategy: str = "auto"  # Lightning strategy: auto | ddp | fsdp | ...
+    devices: Any = 1  # Lightning devices
+    precision: str = "32-true"  # Lightning precision (bf16-mixed on GPUs)
+    seed: int = 0  # batches, noise and new layers follow from it
+    progress: bool = False  # progress bar (a log line every few steps otherwise)
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig, dreamsuti: bool = False) -> "TrainSettings":
+        a = cfg.apprentice
+        s = cls()
+        kw = {f: a.get(f, getattr(s, f)) for f in asdict(s) if f not in ("seed", "progress")}
+        kw["seed"] = int(cfg.seed)
+        kw["progress"] = bool(cfg.get("progress", False))
+        if dreamsuti:
+            kw.update(steps=a.get("dreamsuti_steps", 500), lr=a.get("dreamsuti_lr", 1e-5),
+                      batch_size=a.get("dreamsuti_batch_size", 4), train_base=a.get("dreamsuti_train_base", True),
+                      base_lr=a.get("dreamsuti_lr", 1e-5), demos=1)
+        out = cls(**kw)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        from suti.config import ConfigError
+
+        if self.steps < 0 or self.batch_size < 1 or self.demos < 1:
+            raise ConfigError(f"apprentice: steps >= 0, batch_size >= 1, demos >= 1 needed, got {self.steps}, "
+                              f"{self.batch_size}, {self.demos}")
+        for name in ("text_drop", "demo_drop", "demo_text_drop"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise ConfigError(f"apprentice.{name} must be in [0, 1], got {v}")
+        if self.checkpoint_every < 0 or self.log_every < 1:
+            raise ConfigError("apprentice.checkpoint_every must be >= 0 and apprentice.log_every >= 1")
+
+
+def apprentice_config(cfg: DictConfig) -> ApprenticeConfig:
+    a = cfg.apprentice
+    from suti.config import ConfigError
+
+    try:
+        return ApprenticeConfig(demo_sites=str(a.get("demo_sites", "down_up")), heads=int(a.get("heads", 4)),
+                                demo_timestep=int(a.get("demo_timestep", 0)))
+    except ValueError as e:
+        raise ConfigError(f"apprentice: {e}") from None
+
+
+def sampling_defaults(cfg: DictConfig) -> dict:
+    a = cfg.apprentice
+    return {"guidance": float(a.guidance), "scheduler": str(a.scheduler), "steps": int(a.sample_steps),
+            "num_images": int(a.get("num_images", 4)), "demos": int(a.demos)}
