@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from suti import keys as K
 from suti.flows.common import logger, prepare, write_report
+from suti.imageio import png_bytes
 from suti.tasks import evaluate as E
 from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
 
@@ -116,7 +117,7 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
         if m != "oracle":
             for i, im in enumerate(ims):
                 ik = f"eval/{eval_id}/images/{m}/{case.sid}/{i}.png"
-                store.put_bytes(ik, E.png_bytes(im))
+                store.put_bytes(ik, png_bytes(im))
                 # every method got this very prompt and seed for this slot (protocol "shared")
                 records.append({"record_id": f"{m}-{case.sid}-{i}", "image_key": ik, "method": m, "subject_id": case.sid,
                                 "slot": i, "prompt": rr[i]["text"], "clip_t_text": rr[i]["class_text"],
@@ -138,7 +139,7 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
         result["v2"] = {"levels": [r["level"] for r in v2 for _ in range(n)], "overall": s["overall"].tolist()}
     grid_rows = [list(case.demos[:3]) + [images[m][j * n] for m in images for j in GRID_PROMPTS]]
     result["grid_methods"] = list(images)
-    result["grid_row"] = [E.png_bytes(im).hex() for im in grid_rows[0]]
+    result["grid_row"] = [png_bytes(im).hex() for im in grid_rows[0]]
     store.put_json(key, result)
     return result
 

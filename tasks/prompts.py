@@ -129,7 +129,7 @@ class LLMPromptWriter:
         self.planner = planner or TemplatePromptWriter()
 
     def write(self, cluster, n: int, seed: int, rank: int) -> list[PromptSpec]:
-        from suti.tasks.mine import _first_line
+        from suti.tasks.mine.describe import _first_line
 
         out, seen = [], set()
         for skills, f in self.planner.plan(cluster, n, seed, rank):

@@ -71,7 +71,7 @@ def test_registered_pyfunc_has_signature_example_and_code(trained, tmp_path):
     assert info.signature.inputs.input_names()[:2] == ["prompt", "demos"]
     assert info.signature.outputs.input_names() == ["prompt", "images"]
     local = Path(mlflow.artifacts.download_artifacts(MODEL, dst_path=str(tmp_path / "model")))
-    assert (local / "code" / "suti" / "tasks" / "apprentice.py").is_file()  # loads where suti is not installed
+    assert (local / "code" / "suti" / "tasks" / "apprentice" / "registry.py").is_file()  # loads where suti is not installed
     assert (local / "code" / "suti" / "models" / "backbone.py").is_file()
     example = Model.load(str(local)).load_input_example(str(local))
     assert example is not None and list(example.columns)[:2] == ["prompt", "demos"]
