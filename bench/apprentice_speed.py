@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         print(f"{s['id']}: apprentice {t_app:.2f}s (uncached {t_uncached:.2f}s), expert {t_exp:.2f}s", file=sys.stderr)
     a = float(np.mean([r["apprentice_seconds"] for r in rows]))
     e = float(np.mean([r["expert_seconds"] for r in rows]))
-    out = {"benchmark": "apprentice_speed", "profile": cfg.get("profile_name"), "model": args.model,
+    out = {"benchmark": "apprentice_speed", "profile": cfg.profile_name, "model": args.model,
            "images_per_subject": args.images, "expert_steps": int(cfg.expert.steps), "expert_method": cfg.expert.method,
            "sample_steps": int(app.defaults["steps"]), "apprentice_seconds_per_subject": a,
            "apprentice_uncached_seconds_per_subject": float(np.mean([r["apprentice_uncached_seconds"] for r in rows])),

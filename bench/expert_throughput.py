@@ -43,14 +43,14 @@ def source_store(args, wd: Path):
 
     if args.store_uri:
         return open_store(args.store_uri, args.endpoint_url)
-    from suti.flows.mine import mine_flow
+    from suti.flows.pipeline import pipeline_flow
 
     smoke = wd / "smoke"
     # the smoke CLIP is too weak for the calibrated band to keep more than a couple of
     # clusters: a wide band keeps every page with >= 3 images (throughput, not quality)
     ov = ["profile=smoke", f"workdir={smoke}", f"reports_dir={smoke / 'reports'}", "progress=false",
           "+mine.band=[-1.0,1.0]"]
-    mine_flow(overrides=ov)  # world -> foundation -> mine; reused when already there
+    pipeline_flow(overrides=ov, until="mine")  # world -> foundation -> mine; reused when already there
     return open_store(f"file://{smoke / 'store'}")
 
 

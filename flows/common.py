@@ -18,7 +18,7 @@ def prepare(overrides: list[str] | None) -> tuple[DictConfig, object]:
     """Compose + validate the config (before any work) and open the store."""
     cfg = compose(overrides)
     setup_env(cfg)
-    store = open_store(str(cfg.storage.uri), cfg.storage.get("endpoint_url"))
+    store = open_store(str(cfg.storage.uri), cfg.storage.endpoint_url)
     return cfg, store
 
 

@@ -275,9 +275,9 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
 
         with open_dict(cfg):
             cfg.eval.dreambench_dir = dreambench
-    limit = limit if limit is not None else cfg.eval.get("limit")
+    limit = limit if limit is not None else cfg.eval.limit
     split = split or str(cfg.eval.split)
-    model = model or cfg.eval.get("model") or "models:/suti-apprentice@candidate"
+    model = model or cfg.eval.model or "models:/suti-apprentice@candidate"
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
     # only rows that need an apprentice load one (`eval.methods=[oracle,base,expert]` measures the world)
     needs_app = bool({"apprentice", "dreamsuti"} & set(cfg.eval.methods))
@@ -286,7 +286,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
     reimagen = _load_reimagen(cfg, store, lg) if "reimagen" in cfg.eval.methods else None
     t0 = time.time()
     with mlflow_run(cfg, "eval", parent_run_id=parent_run_id, tags={"suti.model": model}) as rid:
-        if cfg.eval.get("dreambench_dir"):
+        if cfg.eval.dreambench_dir:
             res = E.dreambench_eval(cfg, store, sc, app, load_backbone(cfg, store), limit, int(cfg.eval.images_per_prompt))
             log_json(rid, res, "eval_dreambench.json")
             path = write_report(cfg, "eval_dreambench", res)

@@ -43,7 +43,7 @@ def train_expert(spec: ExpertSpec, cfg_dict: dict, store_uri: str, endpoint: str
 
 
 def task_runner(cfg: DictConfig):
-    if cfg.expert.get("runner", "thread") == "dask":
+    if cfg.expert.runner == "dask":
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(cluster_kwargs={"n_workers": int(cfg.num_workers), "processes": True,
@@ -60,7 +60,7 @@ def run_specs(specs: list[ExpertSpec], cfg: DictConfig, store, root: str = "expe
     if not specs:
         return []
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    uri, endpoint = str(cfg.storage.uri), cfg.storage.get("endpoint_url")
+    uri, endpoint = str(cfg.storage.uri), cfg.storage.endpoint_url
     # threads share the process: split the cores between concurrent experts
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(cfg.num_workers)))
 
@@ -86,7 +86,7 @@ def experts_shard_flow(overrides: list[str] | None = None, shard: int = 0, num_s
                        force: bool = False) -> dict:
     """One shard of the experts (a flow run on a work pool, e.g. one GPU)."""
     cfg, store = prepare(overrides)
-    specs = expert_specs(store, cfg.expert.get("clusters"))[shard::num_shards]
+    specs = expert_specs(store, cfg.expert.clusters)[shard::num_shards]
     res = run_specs(specs, cfg, store)
     return {"shard": shard, "results": [r.model_dump() for r in res]}
 
@@ -97,7 +97,7 @@ def _fan_out_deployments(cfg, overrides, n_shards: int, specs: list[ExpertSpec],
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    name = cfg.expert.get("deployment", "experts-shard/experts-shard")
+    name = cfg.expert.deployment
     runs = [run_deployment(name, parameters={"overrides": list(overrides or []), "shard": i, "num_shards": n_shards},
                            timeout=0) for i in range(n_shards)]
     pending = {r.id for r in runs}
@@ -126,21 +126,21 @@ def _fan_out_deployments(cfg, overrides, n_shards: int, specs: list[ExpertSpec],
 
 @flow(name="experts", log_prints=True)
 def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
-    from suti.flows.mine import mine_flow
+    from suti.flows import stages
 
     cfg, store = prepare(overrides)
     lg = logger()
-    mine_flow(overrides)
-    specs = expert_specs(store, cfg.expert.get("clusters"))
+    stages.require("mine", cfg, store, by="experts")
+    specs = expert_specs(store, cfg.expert.clusters)
     if force:
         for s in specs:
             store.delete(f"experts/{s.cluster_id}")
     lg.info(f"{len(specs)} experts to run ({cfg.expert.method}, {cfg.expert.steps} steps, runner "
-            f"{cfg.expert.get('runner', 'thread')}, {cfg.num_workers} workers)")
+            f"{cfg.expert.runner}, {cfg.num_workers} workers)")
     t0 = time.time()
     with mlflow_run(cfg, "experts") as rid:
-        if cfg.expert.get("runner", "thread") == "deployment":
-            results = _fan_out_deployments(cfg, overrides, int(cfg.expert.get("shards", 2)), specs, store)
+        if cfg.expert.runner == "deployment":
+            results = _fan_out_deployments(cfg, overrides, int(cfg.expert.shards), specs, store)
         else:
             results = run_specs(specs, cfg, store)
         wall = time.time() - t0
@@ -151,7 +151,7 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
             report["experts_per_hour"][other["method"]] = other["experts_per_hour"]
             report["compare"] = other
         report["mlflow_run_id"] = rid
-        if cfg.expert.get("check", True):
+        if cfg.expert.check:
             from suti.tasks.experts_check import check_experts
 
             check = stored_check(cfg, store, specs) if report["trained"] == 0 else None
@@ -159,7 +159,7 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
                 lg.info("experts check: no expert changed since it ran, reusing it (experts/check.json)")
             else:
                 lg.info("checking experts against the base model and real renders (reads world truth: check only)")
-                check = check_experts(cfg, store, n_clusters=int(cfg.expert.get("check_clusters", 30)))
+                check = check_experts(cfg, store, n_clusters=int(cfg.expert.check_clusters))
                 grid_png = check.pop("_grid", None)
                 if grid_png:
                     store.put_bytes("experts/examples/grid.png", grid_png)
@@ -176,6 +176,7 @@ def experts_flow(overrides: list[str] | None = None, force: bool = False) -> dic
     create_table_artifact(key="experts", table=[r.model_dump() for r in results], description="Experts by status")
     create_markdown_artifact(key="experts-summary", markdown=_markdown(report))
     path = write_report(cfg, "experts", report)
+    stages.mark(store, "experts", stages.experts_fingerprint(cfg, store), failed=report["failed"])
     lg.info(f"experts: {report['trained']} trained, {report['reused']} reused, {report['failed']} failed; "
             f"{report['seconds_per_expert'][cfg.expert.method]:.1f} s/expert; report {path}")
     return report
@@ -234,8 +235,8 @@ def compare_method(cfg: DictConfig, store, specs: list[ExpertSpec]) -> dict | No
     expert config and the base model are unchanged."""
     from suti.store import digest
 
-    n = int(cfg.expert.get("compare_clusters", 2) or 0)
-    if n <= 0 or not specs or cfg.expert.get("runner", "thread") == "deployment":
+    n = int(cfg.expert.compare_clusters)
+    if n <= 0 or not specs or cfg.expert.runner == "deployment":
         return None
     other = "lora" if cfg.expert.method == "full" else "full"
     ecfg = OmegaConf.to_container(cfg.expert, resolve=True)

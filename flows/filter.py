@@ -58,12 +58,18 @@ def kept_vs_dropped(cfg, store, rows: list[dict], lam: float) -> dict:
 
 @flow(name="filter", log_prints=True)
 def filter_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
-    from suti.flows.experts import experts_flow
+    from suti.flows import stages
     from suti.tasks.filter import histogram_png, select
 
     cfg, store = prepare(overrides)
     lg = logger()
-    experts_flow(overrides)
+    stages.require("experts", cfg, store, by="filter")
+    fp = stages.filter_fingerprint(cfg, store)
+    prev = None if force else stages.marked(store, "filter", fp)
+    if prev is not None and store.is_done("filter"):
+        lg.info(f"filter: the experts, scorers and filter config are unchanged, reusing its scores ({prev['report']['samples']} samples)")
+        write_report(cfg, "filter", {**prev["report"], "reused": True})
+        return {**prev["report"], "reused": True}
     t0 = time.time()
     lam = cfg.filter.lambda_
     with mlflow_run(cfg, "filter") as rid:
@@ -90,6 +96,7 @@ def filter_flow(overrides: list[str] | None = None, force: bool = False) -> dict
     create_markdown_artifact(key="filter", markdown="\n".join(
         ["| lambda | size of G |", "|---|---|"] + [f"| {s['lambda']} | {s['size']} |" for s in sizes]))
     path = write_report(cfg, "filter", report)
+    stages.mark(store, "filter", fp, report=report)
     lg.info(f"filter: {len(rows)} samples; |G| by lambda {[(s['lambda'], s['size']) for s in sizes]}; "
             f"overall kept/dropped {kd.get('overall_kept')}/{kd.get('overall_dropped')}; report {path}")
     return report

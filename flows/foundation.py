@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from suti import keys as K
 from suti.flows.common import logger, prepare, write_report
-from suti.flows.world import world_flow
+from suti.flows.stages import require
 from suti.tasks import foundation as F
 from suti.tracking import PIP_REQUIREMENTS, log_bytes, log_json, log_metrics, mlflow_run
 
@@ -53,7 +53,7 @@ def register(run_id: str, cfg, store) -> dict:
 def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     cfg, store = prepare(overrides)
     lg = logger()
-    world_flow(overrides)
+    require("world", cfg, store, by="foundation")
     t_all = time.time()
     finished = {m: _finished(cfg, store, m) for m in F.MODELS}
     prev = store.get_fingerprinted(CHECKED, _fingerprint(cfg, store)) \
@@ -67,7 +67,7 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
         return report
     images, scenes = F.load_pretrain(store)
     lg.info(f"pre-training corpus: {len(images)} renders")
-    seconds, losses, reused = {}, {}, []
+    seconds, losses, reused, cached = {}, {}, [], []
     with mlflow_run(cfg, "foundation") as rid:
         for model in F.MODELS:
             meta = store.done_meta(K.foundation_done(model))
@@ -76,8 +76,15 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
                 seconds[model], losses[model] = meta["seconds"], meta["loss"]
                 reused.append(model)
                 continue
+            hit = None if force else from_cache(cfg, store, model)
+            if hit is not None:
+                lg.info(f"{model}: trained with this recipe in another workdir, copied from the cache {hit['path']}")
+                seconds[model], losses[model] = hit["meta"]["seconds"], hit["meta"]["loss"]
+                cached.append(model)
+                continue
             out = train_model(model, cfg, store, images, scenes)
             seconds[model], losses[model] = out["seconds"], out["loss"]
+            to_cache(cfg, store, model)
         seconds["total"] = round(sum(seconds[m] for m in F.MODELS), 1)
         lg.info("checking foundation models on held-out renders")
         t0 = time.time()
@@ -89,8 +96,9 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
         log_bytes(rid, grid_png.getvalue(), "examples", "base_samples.png")
         prompts = res.pop("_prompts")
         versions = register(rid, cfg, store)
-        report = {**res, "seconds": seconds, "loss": losses, "reused": reused, "registered": versions,
-                  "profile": cfg.get("profile_name"), "mlflow_run_id": rid,
+        report = {**res, "seconds": seconds, "loss": losses, "reused": reused, "cached": cached,
+                  "cache": str(cache_root() or "off"), "registered": versions,
+                  "profile": cfg.profile_name, "mlflow_run_id": rid,
                   "wall_seconds": round(time.time() - t_all, 1),
                   "grid": store.url("foundation/examples/base_samples.png"),
                   "grid_rows": ["real renders", "base model", "untrained"], "grid_prompts": prompts}
@@ -118,6 +126,81 @@ def _finished(cfg, store, model: str) -> bool:
     """Trained with this recipe (its training section, and the world it learned from)."""
     meta = store.done_meta(K.foundation_done(model))
     return meta is not None and meta.get("recipe") == F.recipe(cfg, model)
+
+
+def cache_root():
+    """The foundation cache shared by a user's workdirs (`SUTI_CACHE`, default
+    `~/.cache/suti`; `SUTI_CACHE=off` turns it off): trained models by recipe."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("SUTI_CACHE") or str(Path.home() / ".cache" / "suti")
+    return None if root.lower() in ("off", "none", "0") else Path(root) / "foundation"
+
+
+def cache_key(cfg, store, model: str) -> str:
+    """Everything a trained model depends on: its recipe, the whole world config, and for the
+    base model the text encoder it was trained with."""
+    from dataclasses import asdict
+
+    from suti.store import digest
+    from suti.world.corpus import world_config
+
+    parts = {"recipe": F.recipe(cfg, model), "world": asdict(world_config(cfg)), "clip": str(cfg.backbone.clip_config)}
+    if model == "base":
+        parts["text_encoder"] = F.recipe(cfg, "clip")
+    return f"{model}-{digest(parts)[:20]}"
+
+
+def from_cache(cfg, store, model: str) -> dict | None:
+    """Copy a cached model with this recipe into the store (weights, then the done marker)."""
+    import json
+
+    root = cache_root()
+    d = root / cache_key(cfg, store, model) if root else None
+    if d is None or not (d / "done.json").is_file():
+        return None
+    try:
+        meta = json.loads((d / "done.json").read_text())
+        store.put_bytes(K.foundation_model(model), (d / "model.pt").read_bytes())
+    except (OSError, ValueError) as e:
+        logger().warning(f"{model}: unreadable cache entry {d} ({e}); training it")
+        return None
+    store.mark_done(K.foundation_done(model), {**meta, "from_cache": str(d)})
+    return {"meta": meta, "path": str(d)}
+
+
+def to_cache(cfg, store, model: str) -> None:
+    """Keep a freshly trained model for the user's other workdirs (written to a temporary
+    folder, renamed into place: a half-written entry is never read)."""
+    import json
+    import shutil
+    import tempfile
+
+    root = cache_root()
+    if root is None:
+        return
+    d = root / cache_key(cfg, store, model)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+        with open(f"{tmp}/model.pt", "wb") as f:
+            f.write(store.get_bytes(K.foundation_model(model)))
+        with open(f"{tmp}/done.json", "w") as f:
+            json.dump(store.done_meta(K.foundation_done(model)), f)
+        if d.exists():
+            shutil.rmtree(tmp)
+        else:
+            import os
+
+            os.replace(tmp, d)
+    except OSError as e:
+        logger().warning(f"{model}: could not write the foundation cache {root} ({e})")
+
+
+def models_finished(cfg, store) -> bool:
+    """Every foundation model trained with this config's recipe (what downstream stages read)."""
+    return all(_finished(cfg, store, m) for m in F.MODELS)
 
 
 def _fingerprint(cfg, store) -> str:

@@ -156,7 +156,7 @@ def _flow():
         model = req.model or str(cfg.apprentice.model)
         t0 = time.time()
         apprentice = load_apprentice(cfg, store, model)
-        n = req.num_images or int(apprentice.defaults.get("num_images", cfg.apprentice.num_images))
+        n = req.num_images or int(apprentice.defaults["num_images"])
         t1 = time.time()
         out = render(apprentice, images, req, n)
         t2 = time.time()

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from suti.flows.common import logger, prepare, write_report
-from suti.flows.foundation import foundation_flow
+from suti.flows.stages import require
 from suti.tasks import mine as M
 from suti.tasks.prompts import make_writer, prompt_stats, write_all_prompts
 from suti.tracking import log_bytes, log_json, log_metrics, mlflow_run
@@ -100,7 +100,7 @@ def mine_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     cfg, store = prepare(overrides)
     mc = M.MineConfig.from_cfg(cfg)  # wrong mine options fail before any work
     lg = logger()
-    foundation_flow(overrides)
+    require("foundation", cfg, store, by="mine")
     t_all = time.time()
     fp = M.fingerprint(cfg, store, mc)
     manifest = None if force else M.mined_done(store, fp)
@@ -136,7 +136,9 @@ def mine_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
             create_table_artifact(key="mine-clusters", table=_decision_table(decisions, scored),
                                   description="Candidate clusters kept / dropped, by reason")
     seconds["total"] = round(time.time() - t_all, 2)
-    check = M.check_against_truth(store, clusters)  # evaluation only: the report's check
+    # evaluation only, the report's check: a corpus without the world's truth (a real one) has none
+    check = (M.check_against_truth(store, clusters) if store.exists(M.TRUTH_PREFIX + "labels.jsonl")
+             else {"purity": None, "recall": None, "brand_kept": None, "skipped": "no world truth in this store"})
     pstats = prompt_stats(prompts)
     report = {
         # the keys our checks read, then the detail
@@ -153,7 +155,7 @@ def mine_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
                       "texts": c.texts[:2], "prompts": [p["text"] for p in prompts.get(c.cluster_id, [])]}
                      for c in clusters[:5]],
         "store": store.url(M.PREFIX), "grid": store.url(f"{M.PREFIX}/examples/clusters.png"),
-        "profile": cfg.get("profile_name"), "mlflow_run_id": rid,
+        "profile": cfg.profile_name, "mlflow_run_id": rid,
     }
     if rid is not None:
         _log_to_mlflow(rid, report, store)

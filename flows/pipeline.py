@@ -13,24 +13,30 @@ from suti.flows.common import image_markdown, logger, prepare, write_report
 from suti.tracking import log_json, log_metrics, pipeline_run
 
 
-STAGES = ("world", "foundation", "mine", "experts", "filter", "sweep", "apprentice", "reimagen", "eval",
-          "promote")
+from suti.flows.stages import STAGES, selected
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--until", default=None, metavar="STAGE",
+                        help=f"run the DAG up to and including STAGE ({', '.join(STAGES)})")
+    parser.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
+                        help="start the DAG at STAGE; the stages before it must be finished")
 
 
 def final_choice(cfg, sweep: dict) -> tuple[float | None, bool]:
     """The lambda of the apprentice the pipeline evaluates and may promote, and whether it
     must be trained: not when the sweep already trained it at the full step count."""
-    pick = cfg.get("pipeline", {}).get("final_lambda", "best")
+    pick = cfg.pipeline.final_lambda
     best = sweep.get("best")
     if pick == "best":
-        lam = best["lambda"] if best else cfg.filter.get("lambda_")
+        lam = best["lambda"] if best else cfg.filter.lambda_
     elif pick == "config":
-        lam = cfg.filter.get("lambda_")
+        lam = cfg.filter.lambda_
     elif pick == "none" or pick is None:
         lam = None
     else:
         lam = float(pick)
-    steps = cfg.get("sweep", {}).get("steps")
+    steps = cfg.sweep.steps
     full_in_sweep = steps is None or int(steps) == int(cfg.apprentice.steps)
     reuse = full_in_sweep and best is not None and lam == best["lambda"] and best.get("model_version")
     return lam, not reuse
@@ -39,7 +45,7 @@ def final_choice(cfg, sweep: dict) -> tuple[float | None, bool]:
 def stage_run_name(i: int, name: str, cfg, **kw) -> str:
     """The stage's Prefect flow-run name, read like a log line: `3/10 mine (smoke)`."""
     extra = "".join(f" {k}={v}" for k, v in kw.items() if v is not None)
-    return f"{i}/{len(STAGES)} {name}{extra} ({cfg.get('profile_name')})"
+    return f"{i}/{len(STAGES)} {name}{extra} ({cfg.profile_name})"
 
 
 def _pipeline_run_name() -> str:
@@ -52,7 +58,10 @@ def _pipeline_run_name() -> str:
 
 
 @flow(name="pipeline", flow_run_name=_pipeline_run_name, log_prints=True)
-def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
+def pipeline_flow(overrides: list[str] | None = None, force: bool = False, until: str | None = None,
+                  from_stage: str | None = None) -> dict:
+    """The DAG, each stage entered once: `until` / `from_stage` run part of it, reusing
+    finished work (the stages before `from_stage` must be finished for this config)."""
     from suti.flows.eval import eval_flow
     from suti.flows.experts import experts_flow
     from suti.flows.filter import filter_flow
@@ -63,12 +72,16 @@ def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> di
     from suti.flows.train import train_flow
     from suti.flows.world import world_flow
 
+    run = selected(until, from_stage)  # a wrong stage name fails before any work
     cfg, store = prepare(overrides)
     lg = logger()
     t0 = time.time()
-    stages = {}
+    stages, entries = {}, {}
 
     def stage(name, fn, **kw):
+        if name not in run:
+            return None
+        entries[name] = entries.get(name, 0) + 1
         t = time.time()
         i = STAGES.index(name) + 1
         lg.info(f"== stage {i}/{len(STAGES)}: {name}")
@@ -79,18 +92,22 @@ def pipeline_flow(overrides: list[str] | None = None, force: bool = False) -> di
         return out
 
     with pipeline_run(cfg) as run_id:
-        summary = _stages(cfg, stage, stages, t0, world_flow, foundation_flow, mine_flow, experts_flow, filter_flow,
+        summary = _stages(cfg, stage, stages, entries, run, t0, world_flow, foundation_flow, mine_flow, experts_flow, filter_flow,
                           sweep_flow, train_flow, eval_flow, promote_flow)
         summary["mlflow_run_id"] = run_id
         log_metrics(run_id, {"seconds": summary["seconds"], **{f"seconds.{k}": v for k, v in stages.items()}})
         log_json(run_id, summary, "run.json")
     path = write_report(cfg, "run", summary)
+    if "eval" not in run:
+        lg.info(f"suti run: stages {' -> '.join(run)} finished in {summary['seconds'] / 60:.1f} min; "
+                f"reports in {cfg.reports_dir} (summary {path})")
+        return summary
     _artifacts(summary, store)
     ev_table = summary["table"]
     app = next((r for r in ev_table if r["method"] == "apprentice"), {})
     base = next((r for r in ev_table if r["method"] == "base"), {})
     lg.info("\n".join([
-        f"SuTI pipeline finished in {summary['seconds'] / 60:.1f} min ({cfg.get('profile_name')} profile)",
+        f"SuTI pipeline finished in {summary['seconds'] / 60:.1f} min ({cfg.profile_name} profile)",
         f"  apprentice overall {app.get('overall')}, identity {app.get('identity')} (base overall {base.get('overall')})",
         f"  report:  {cfg.reports_dir}/eval.json  (summary {path})",
         f"  MLflow:  {summary['mlflow_ui']}  (parent run {summary['mlflow_run_id']})",
@@ -119,8 +136,21 @@ def _artifacts(summary: dict, store) -> None:
                           description="suti run: seconds per stage")
 
 
-def _stages(cfg, stage, stages, t0, world_flow, foundation_flow, mine_flow, experts_flow, filter_flow, sweep_flow,
-            train_flow, eval_flow, promote_flow) -> dict:
+def _earlier(cfg, name: str, stage_: str) -> dict:
+    """The report of a stage this run does not enter (`--from` after it)."""
+    import json
+    from pathlib import Path
+
+    p = Path(cfg.reports_dir) / f"{name}.json"
+    if not p.is_file():
+        from suti.errors import UserError
+
+        raise UserError(f"run --from {stage_}: no {p} from an earlier run: run `suti run --until {name}` first")
+    return json.loads(p.read_text())
+
+
+def _stages(cfg, stage, stages, entries, run, t0, world_flow, foundation_flow, mine_flow, experts_flow, filter_flow,
+            sweep_flow, train_flow, eval_flow, promote_flow) -> dict:
     lg = logger()
     stage("world", world_flow)
     stage("foundation", foundation_flow)
@@ -128,21 +158,27 @@ def _stages(cfg, stage, stages, t0, world_flow, foundation_flow, mine_flow, expe
     stage("experts", experts_flow)
     stage("filter", filter_flow)
     sweep = stage("sweep", sweep_flow)
+    out = {"stages": list(run), "stage_seconds": stages, "stage_entries": entries}
+    if not set(run) & {"apprentice", "reimagen", "eval", "promote"}:
+        return {"seconds": round(time.time() - t0, 1), **out}
+    sweep = sweep if sweep is not None else _earlier(cfg, "sweep", run[0])
     lam, retrain = final_choice(cfg, sweep)
-    if retrain:
+    final_version = None
+    if "apprentice" in run and retrain:
         lg.info(f"final apprentice: lambda {lam} at apprentice.steps={cfg.apprentice.steps} "
                 f"(sweep trained {cfg.sweep.steps} steps per lambda)")
         final_version = (stage("apprentice", train_flow, lam="none" if lam is None else lam).get("registered")
                          or {}).get("version")
-    else:
+    elif "apprentice" in run:
         lg.info(f"final apprentice: the sweep's model for lambda {lam} (trained at full steps), no retraining")
-        stages["apprentice"] = 0.0
+        stages["apprentice"], entries["apprentice"] = 0.0, 1
         final_version = sweep["best"]["model_version"]
     stage("reimagen", train_flow, source="clusters")
-    ev = stage("eval", eval_flow, limit=cfg.get("pipeline", {}).get("eval_limit"))
-    promo = stage("promote", promote_flow)
-    return {"seconds": round(time.time() - t0, 1), "stage_seconds": stages, "eval_report": f"{cfg.reports_dir}/eval.json",
-            "sweep_parent_run_id": sweep["parent_run_id"], "final_lambda": lam,
+    ev = stage("eval", eval_flow, limit=cfg.pipeline.eval_limit)
+    promo = stage("promote", promote_flow) or {}
+    ev = ev if ev is not None else _earlier(cfg, "eval", run[0])
+    return {"seconds": round(time.time() - t0, 1), **out, "eval_report": f"{cfg.reports_dir}/eval.json",
+            "sweep_parent_run_id": sweep.get("parent_run_id"), "final_lambda": lam,
             "final_model_version": final_version, "champion": promo.get("champion_after"),
             "promotion": promo.get("reason"), "table": ev["table"],
             "mlflow_ui": f"mlflow ui --backend-store-uri {cfg.tracking.uri}",

@@ -16,7 +16,7 @@ def promote_flow(overrides: list[str] | None = None, force: bool = False) -> dic
 
     cfg, store = prepare(overrides)
     setup_tracking(cfg)
-    d = promote(mlflow.MlflowClient(), float(cfg.get("promote", {}).get("margin", 0.0)))
+    d = promote(mlflow.MlflowClient(), float(cfg.promote.margin))
     logger().info(f"promotion: {'promoted' if d.promoted else 'kept'} (candidate v{d.candidate}, champion "
                   f"v{d.champion_before} -> v{d.champion_after}): {d.reason}")
     rep = asdict(d)

@@ -17,14 +17,13 @@ from suti.tracking import lambda_run, log_bytes, log_json, log_metrics, mlflow_r
 
 def sweep_overrides(cfg, overrides: list[str]) -> list[str]:
     """Each lambda's training and evaluation are sized by the `sweep` config."""
-    s = cfg.get("sweep", {})
+    s = cfg.sweep
     extra = []
-    if s.get("steps") is not None:
+    if s.steps is not None:
         extra.append(f"apprentice.steps={int(s.steps)}")
-    if s.get("eval_limit") is not None:
+    if s.eval_limit is not None:
         extra.append(f"eval.limit={int(s.eval_limit)}")
-    if s.get("eval_images_per_prompt") is not None:
-        extra.append(f"eval.images_per_prompt={int(s.eval_images_per_prompt)}")
+    extra.append(f"eval.images_per_prompt={int(s.eval_images_per_prompt)}")
     extra.append("eval.methods=[base,apprentice]")
     extra.append("eval.split=val")  # lambda is chosen on val; Table 1 reports test
     extra.append("eval.curves=false")  # K-shot and v2 levels: not what the sweep compares
@@ -58,14 +57,14 @@ def sweep_flow(overrides: list[str] | None = None, force: bool = False) -> dict:
     import mlflow
 
     from suti.flows.eval import eval_flow
-    from suti.flows.filter import filter_flow
+    from suti.flows.stages import require
     from suti.flows.train import train_flow
     from suti.tasks.apprentice import rows_digest
     from suti.tasks.filter import load_rows, select
 
     cfg, store = prepare(overrides)
     lg = logger()
-    filter_flow(overrides)
+    require("filter", cfg, store, by="sweep")
     rows_all = load_rows(store)
     lambdas = list(OmegaConf.to_container(cfg.filter.sweep))
     ov = sweep_overrides(cfg, overrides)

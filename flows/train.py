@@ -52,7 +52,7 @@ def parse_lam(value, cfg) -> float | None:
     from suti.errors import UserError
 
     if value == LAM_FROM_CONFIG:
-        value = cfg.filter.get("lambda_")
+        value = cfg.filter.lambda_
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
         return None
     try:
@@ -112,10 +112,10 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
         log_dataset(rid, rows, lam, digest, source=store.url("mine" if reimagen else "filter"))
         record = train_task(cfg, store, rows, lam, name, rid, force, source)
         registered = register_task(cfg, store, name, rid, {**tags, "steps": record["steps"], "rows": len(rows)}) \
-            if cfg.apprentice.get("register", True) else None
+            if cfg.apprentice.register else None
         report = {"run_name": name, "source": source, "lambda": lam, "rows": len(rows), "mlflow_run_id": rid,
                   "registered": registered,
-                  "profile": cfg.get("profile_name"), "wall_seconds": round(time.time() - t0, 1),
+                  "profile": cfg.profile_name, "wall_seconds": round(time.time() - t0, 1),
                   **{k: v for k, v in record.items() if k not in ("rows",)}}
     path = write_report(cfg, "reimagen" if reimagen else "train", report)
     ov = report["overhead"]

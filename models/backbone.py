@@ -318,7 +318,7 @@ class SDBackbone(Backbone):
             from suti.config import ConfigError
 
             raise ConfigError("backbone=stable-diffusion needs backbone.path=<local diffusers folder>")
-        return cls.from_pretrained(path, backbone_cfg.get("prediction_type"))
+        return cls.from_pretrained(path, backbone_cfg.prediction_type)
 
     def export(self, directory: str | Path, bundle: bool = False) -> None:
         """``backbone.json`` pointing at the pipeline folder; with ``bundle`` the folder's

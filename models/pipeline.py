@@ -31,11 +31,16 @@ class Apprentice:
     >>> images = app.generate(demos, ["Zorvex backpack", ...], "a Zorvex backpack in the snow")
     """
 
-    def __init__(self, backbone: Backbone, model: ApprenticeUNet, defaults: dict | None = None,
-                 meta: dict | None = None):
+    SAMPLING = ("guidance", "scheduler", "steps", "num_images", "demos")
+
+    def __init__(self, backbone: Backbone, model: ApprenticeUNet, defaults: dict, meta: dict | None = None):
+        """`defaults`: the sampling settings it was trained for (`sampling_defaults(cfg)` of
+        the `apprentice` config, saved with the export); no value is made up here."""
+        missing = [k for k in self.SAMPLING if k not in (defaults or {})]
+        if missing:
+            raise ValueError(f"apprentice sampling defaults lack {', '.join(missing)} (from the apprentice config)")
         self.backbone, self.model = backbone, model.eval()
-        self.defaults = {"guidance": 15.0, "scheduler": "dpm", "steps": 25, "num_images": 4, "demos": 3,
-                         **(defaults or {})}
+        self.defaults = dict(defaults)
         self.meta = dict(meta or {})
 
     @property

@@ -51,7 +51,7 @@ def preflight(cfg) -> None:
     if str(cfg.storage.uri).startswith("s3://"):
         from suti.store import open_store
 
-        open_store(str(cfg.storage.uri), cfg.storage.get("endpoint_url"))
+        open_store(str(cfg.storage.uri), cfg.storage.endpoint_url)
     if str(cfg.tracking.uri).startswith(("http://", "https://")):
         from suti.tracking import _check_http
 

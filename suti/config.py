@@ -37,6 +37,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             cfg = hcompose(config_name="config", overrides=list(overrides or []))
         OmegaConf.resolve(cfg)
+        cfg = typed(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(str(e).split())
         m = re.search(r"Could not find '([^/']+)/([^']+)' Available options in '[^']+': (.*?) Config search", msg)
@@ -47,6 +48,33 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         GlobalHydra.instance().clear()
     validate(cfg)
     return cfg
+
+
+def typed(cfg: DictConfig) -> DictConfig:
+    """The composed YAML merged into the typed schema (suti/schema.py): wrong types and
+    unknown keys raise here; a key the YAML leaves unset is named."""
+    from suti.schema import SutiSchema
+
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    try:
+        out = OmegaConf.merge(OmegaConf.structured(SutiSchema), cfg)
+    except ConfigKeyError as e:
+        raise ConfigError(f"unknown config key {e.full_key!r} (no such option in conf/)") from None
+    except ValidationError as e:
+        what = str(e).splitlines()[0].split(" full_key:")[0]
+        m = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", what)
+        kinds = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false"}
+        m = m or re.match(r"Value '(.*)' is not a valid (bool)", what)
+        kinds["bool"] = kinds["Boolean"]
+        if m and m.group(2) in kinds:
+            raise ConfigError(f"{e.full_key} must be {kinds[m.group(2)]}, got {m.group(1)!r}") from None
+        raise ConfigError(f"{e.full_key}: {what}") from None
+    # backbone.path may stay `???` until a command loads the backbone (it names it then)
+    missing = sorted(set(OmegaConf.missing_keys(out)) - {"backbone.path"})
+    if missing:
+        raise ConfigError(f"missing config value(s): {', '.join(missing)}")
+    return out
 
 
 def _num(cfg, path: str, lo=None, hi=None, integer=False):
@@ -79,7 +107,7 @@ def validate(cfg: DictConfig) -> None:
         _num(cfg, f"foundation.{model}.lr", 0)
     _num(cfg, "foundation.base.min_snr_gamma", 0)
     _num(cfg, "foundation.rater.shift", 0, 16, True)
-    if cfg.backbone.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction", "sample"):
+    if cfg.backbone.prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise ConfigError(f"backbone.prediction_type must be epsilon, v_prediction or sample, "
                           f"got {cfg.backbone.prediction_type!r}")
     _num(cfg, "expert.samples_per_prompt", 1, None, True)
@@ -107,13 +135,13 @@ def validate(cfg: DictConfig) -> None:
     if not (final is None or final in ("best", "config", "none") or
             (isinstance(final, (int, float)) and not isinstance(final, bool) and -1 <= final <= 1)):
         raise ConfigError(f"pipeline.final_lambda must be best, config, none or a number in [-1, 1], got {final!r}")
-    for m in cfg.eval.get("methods", []):
+    for m in cfg.eval.methods:
         if m not in ("oracle", "base", "expert", "reimagen", "apprentice", "dreamsuti"):
             raise ConfigError(f"eval.methods: unknown method {m!r}")
-    if cfg.eval.get("split") not in ("val", "test"):
-        raise ConfigError(f"eval.split must be val or test, got {cfg.eval.get('split')!r}")
+    if cfg.eval.split not in ("val", "test"):
+        raise ConfigError(f"eval.split must be val or test, got {cfg.eval.split!r}")
     _num(cfg, "eval.kshot_prompts", 1, 25, True)
-    if cfg.expert.get("runner", "thread") not in ("thread", "dask", "deployment"):
+    if cfg.expert.runner not in ("thread", "dask", "deployment"):
         raise ConfigError(f"expert.runner must be thread, dask or deployment, got {cfg.expert.runner!r}")
     if cfg.expert.method not in ("full", "lora"):
         raise ConfigError(f"expert.method must be full or lora, got {cfg.expert.method!r}")
@@ -166,7 +194,7 @@ def setup_env(cfg: DictConfig) -> Path:
     import logging
 
     logging.getLogger("suti").setLevel(logging.INFO)  # progress lines (counts, s/step) are INFO
-    if cfg.get("torch_threads"):
+    if cfg.torch_threads:
         import torch
 
         torch.set_num_threads(int(cfg.torch_threads))

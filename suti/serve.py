@@ -97,7 +97,7 @@ def serve(overrides: list[str] | None = None, force: bool = False, host: str = "
     port = _port(port)
     cfg = compose(ov)
     setup_env(cfg)
-    store = open_store(str(cfg.storage.uri), cfg.storage.get("endpoint_url"))
+    store = open_store(str(cfg.storage.uri), cfg.storage.endpoint_url)
     from suti.tasks.apprentice import check_source
 
     if not model.startswith(("models:/", "runs:/")):

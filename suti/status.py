@@ -59,7 +59,7 @@ def status(overrides: list[str] | None = None, force: bool = False, out=None) ->
     cfg = compose(overrides)
     if force:
         raise UserError("suti status takes no --force (it only reads)")
-    store = open_store(str(cfg.storage.uri), cfg.storage.get("endpoint_url"))
+    store = open_store(str(cfg.storage.uri), cfg.storage.endpoint_url)
     rows = stage_status(store)
     from pathlib import Path
 

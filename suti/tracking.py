@@ -38,7 +38,7 @@ def setup_tracking(cfg: DictConfig) -> str:
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
         kw = {}
-        if cfg.tracking.get("artifact_location"):
+        if cfg.tracking.artifact_location:
             kw["artifact_location"] = str(cfg.tracking.artifact_location)
         return client.create_experiment(cfg.tracking.experiment, **kw)
     return exp.experiment_id
@@ -159,7 +159,7 @@ def mlflow_run(cfg: DictConfig, name: str, parent_run_id: str | None = None, tag
     stage = name.split(":")[0]
     parent = parent_run_id or _PIPELINE["run_id"]
     key = (stage, name) if parent_run_id is None and _PIPELINE["run_id"] else None
-    t = {"mlflow.runName": name, "suti.stage": stage, "suti.profile": str(cfg.get("profile_name", "")),
+    t = {"mlflow.runName": name, "suti.stage": stage, "suti.profile": str(cfg.profile_name),
          **source_tags(name)}
     if parent:
         t["mlflow.parentRunId"] = parent

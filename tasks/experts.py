@@ -108,7 +108,7 @@ def current_experts(cfg: DictConfig, store, root: str = "experts") -> list[dict]
     base = base_recipe(store)
     n = int(cfg.expert.samples_per_prompt)
     out = []
-    for spec in expert_specs(store, cfg.expert.get("clusters")):
+    for spec in expert_specs(store, cfg.expert.clusters):
         meta = store.done_meta(f"{root}/{spec.cluster_id}")
         if meta and meta.get("fingerprint") == expert_fingerprint(spec, cfg, base, n):
             out.append(store.get_json(f"{root}/{spec.cluster_id}/record.json"))
@@ -132,7 +132,7 @@ def _optimizer(params, ecfg: DictConfig):
 
 def add_lora(unet, rank: int):
     """LoRA adapters on the attention projections (peft)."""
-    from peft import LoraConfig, get_peft_model_state_dict  # noqa: F401
+    from peft import LoraConfig
 
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",

@@ -8,7 +8,6 @@ import json
 from collections import Counter
 
 import numpy as np
-import torch
 
 from suti.models.scorers import Scorers
 from suti.tasks.experts import current_experts, read_image, sample_prompts

@@ -156,7 +156,7 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
         caps = [("" if rng.random() < c.uncond_prob else cap) for cap in _captions(scenes, idx, rng, c.caption_drop)]
         return torch.as_tensor(images[idx]), tok(caps)
 
-    lit = BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps, float(c.get("ema_decay", 0.999)),
+    lit = BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps, float(c.ema_decay),
                   float(c.get("min_snr_gamma", 0.0)))
     loss = fit(lit, loader(batch, cfg.seed + 4), c.steps, cfg.progress, name="base")
     unet = lit.final_unet()

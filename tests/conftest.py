@@ -12,7 +12,7 @@ import pytest
 # Before prefect / mlflow are imported anywhere: keep their homes and caches out of ~.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="suti-tests-"))
 for var, sub in (("PREFECT_HOME", "prefect"), ("MPLCONFIGDIR", "mpl"), ("XDG_CACHE_HOME", "cache"),
-                 ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+                 ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("SUTI_CACHE", "suti-cache")):
     os.environ.setdefault(var, str(_SESSION_HOME / sub))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -53,9 +53,11 @@ def smoke(tmp_path_factory):
     """A smoke-profile world and foundation, built once: (overrides, cfg, store)."""
     from suti.flows.common import prepare
     from suti.flows.foundation import foundation_flow
+    from suti.flows.world import world_flow
 
     wd = tmp_path_factory.mktemp("smoke")
     ov = smoke_overrides(wd)
+    world_flow(overrides=ov)  # stage flows do not chain: each checks its inputs
     foundation_flow(overrides=ov)
     cfg, store = prepare(ov)
     return ov, cfg, store

@@ -55,6 +55,10 @@ def test_file_store_uri_is_absolute(tmp_path):
     ("sweep.steps=0", "sweep.steps must be >= 1"),
     ("pipeline.final_lambda=worst", "pipeline.final_lambda must be best, config, none or a number"),
     ("pipeline.eval_limit=0", "pipeline.eval_limit must be >= 1"),
+    # the typed schema (suti/schema.py): unknown keys and wrong types, named
+    ("+expert.nope=1", "unknown config key 'expert.nope'"),
+    ("apprentice.register=maybe", "apprentice.register must be true or false, got 'maybe'"),
+    ("expert.clusters=4.5", "expert.clusters must be a whole number, got '4.5'"),
 ])
 def test_wrong_values_are_one_line_errors(override, needle):
     with pytest.raises(ConfigError) as e:
@@ -95,3 +99,24 @@ def test_pipeline_final_apprentice_choice(pick, sweep_steps, want):
     sweep = {"best": {"lambda": 0.01, "model_version": "3", "overall": 0.1}}
     assert final_choice(cfg, sweep) == want
     assert final_choice(cfg, {"best": None})[1] is True  # nothing trained in the sweep: always train
+
+
+def test_the_schema_names_every_key_the_yaml_must_give():
+    """Defaults live in the YAML only: every schema field is set by the composed config (no
+    `???` left but an unset `backbone.path`), and the apprentice pipeline takes its sampling
+    defaults from the config instead of making them up."""
+    from omegaconf import OmegaConf
+
+    from suti.models.pipeline import Apprentice
+
+    for profile in ("smoke", "default", "paper"):
+        cfg = compose([f"profile={profile}"])
+        assert OmegaConf.missing_keys(cfg) == set()
+    assert compose([]).apprentice.guidance == OmegaConf.load(Path(conf_dir()) / "apprentice/default.yaml").guidance
+    with pytest.raises(ValueError, match="guidance"):
+        Apprentice(None, _Eval(), {"scheduler": "dpm", "steps": 2, "num_images": 1, "demos": 1})
+
+
+class _Eval:
+    def eval(self):
+        return self

@@ -3,6 +3,7 @@ the report says, and that the saved models load and score."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,28 @@ def test_rerun_reuses_finished_models(smoke):
     assert "rater" not in changed["reused"] and set(changed["reused"]) == set(MODELS) - {"rater"}
     assert not changed.get("checks_reused")
     restored = foundation_flow(overrides=ov)  # the session's shared store back to the default recipe
-    assert set(restored["reused"]) == set(MODELS) - {"rater"}
+    # the default rater is not trained again: the foundation cache (SUTI_CACHE) kept it
+    assert set(restored["reused"]) == set(MODELS) - {"rater"} and restored["cached"] == ["rater"]
+    assert restored["seconds"]["rater"] == rep["seconds"]["rater"]
+
+
+def test_a_second_workdir_takes_the_foundation_from_the_cache(smoke, tmp_path):
+    """A user's second workdir trains nothing the first one trained with the same recipe."""
+    from conftest import smoke_overrides
+    from suti.flows.common import prepare
+    from suti.flows.foundation import cache_root, foundation_flow
+    from suti.flows.world import world_flow
+
+    ov, cfg, store = smoke
+    assert cache_root() is not None and str(cache_root()).startswith(os.environ["SUTI_CACHE"])
+    ov2 = smoke_overrides(tmp_path / "second")
+    world_flow(overrides=ov2)
+    rep = foundation_flow(overrides=ov2)
+    assert set(rep["cached"]) == set(MODELS) and rep["reused"] == []
+    _, store2 = prepare(ov2)
+    for m in MODELS:
+        assert store2.get_bytes(f"foundation/{m}/model.pt") == store.get_bytes(f"foundation/{m}/model.pt")
+    assert {"clip", "identity", "rater", "base"} <= set(rep) and "checks_reused" not in rep  # checked here
 
 
 def test_training_target_follows_the_prediction_type():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -24,32 +23,6 @@ from suti.world import vocab as V
 # kept to check descriptions and prompts (the calibration is still computed and recorded)
 WIDE = ["++mine.band=[-1.0,1.0]", "++mine.shard_size=4"]
 
-
-class RecordingStore(FileStore):
-    """A FileStore that refuses any read of the world's truth and records the write order."""
-
-    def __init__(self, root):
-        super().__init__(root)
-        self.writes: list[str] = []
-
-    def _guard(self, key: str) -> None:
-        assert not str(key).startswith("world/truth"), f"a mining step touched ground truth: {key}"
-
-    def get_bytes(self, key):
-        self._guard(key)
-        return super().get_bytes(key)
-
-    def exists(self, key):
-        self._guard(key)
-        return super().exists(key)
-
-    def list(self, prefix=""):
-        self._guard(prefix)
-        return super().list(prefix)
-
-    def _put_chunks(self, key, chunks):
-        self.writes.append(key)
-        return super()._put_chunks(key, chunks)
 
 
 def copy_world(store, dst: Path, truth: bool = False) -> Path:
@@ -158,27 +131,39 @@ def test_descriptions_keep_brands_and_prompts_cover_skills(mined):
             assert set(p) == {"text", "skills", "context", "view", "edits", "accessories", "style"}
 
 
+def mine_copy(ov, dst: Path, tmp_path: Path) -> dict:
+    """`suti mine` on the store copied to `dst` (its own reports folder)."""
+    from suti.flows.mine import mine_flow
+
+    return mine_flow(overrides=[*ov, *WIDE, f"storage.uri=file://{dst}", f"reports_dir={tmp_path / 'reports'}"])
+
+
 def test_rerun_reuses_and_no_stage_reads_truth(mined, tmp_path):
+    from suti.flows.mine import mine_flow
+
     ov, cfg, store, report = mined
     # same config, same store: the finished output is reused, nothing is rewritten
     marker = Path(store.root) / "mine/_DONE.json"
     before = marker.stat().st_mtime_ns
-    again = M.mine_corpus(config_for(ov, Path(store.root)), store)
-    assert again.reused and marker.stat().st_mtime_ns == before
-    # a copy of the world without its truth, behind a store that refuses truth reads: same clusters
+    again = mine_flow(overrides=[*ov, *WIDE])
+    assert again["reused"] and marker.stat().st_mtime_ns == before
+    # a copy of the world without its truth (as a real corpus): every step runs, none reads
+    # the truth (a read would fail: the files are not there), the same clusters come out
     dst = copy_world(store, tmp_path / "store")
-    guarded = RecordingStore(dst)
-    res = M.mine_corpus(config_for(ov, dst), guarded)
-    assert not res.reused
-    a = [(c.cluster_id, c.images, c.description, c.texts) for c in res.clusters]
+    assert not (dst / "world" / "truth").exists()
+    res = mine_copy(ov, dst, tmp_path)
+    assert not res["reused"] and res["truth_check"]["skipped"] and res["purity"] is None
+    copy = FileStore(dst)
+    a = [(c.cluster_id, c.images, c.description, c.texts) for c in M.load_clusters(copy)]
     b = [(c.cluster_id, c.images, c.description, c.texts) for c in M.load_clusters(store)]
     assert a == b
-    assert M.load_prompts(guarded) == M.load_prompts(store)
-    assert guarded.writes[-1] == "mine/_DONE.json"  # the marker is written last
-    assert res.manifest["band"] == report["band"] and res.manifest["counts"] == report["counts"]
+    assert M.load_prompts(copy) == M.load_prompts(store)
+    assert res["band"] == report["band"] and res["counts"] == report["counts"]
 
 
-def test_corrupt_and_wrong_size_images_are_skipped(mined, tmp_path, caplog):
+def test_corrupt_and_wrong_size_images_are_skipped(mined, tmp_path):
+    from suti.models.scorers import Scorers
+
     ov, cfg, store, report = mined
     dst = copy_world(store, tmp_path / "store")
     pages = [json.loads(x) for x in (dst / "world/pages.jsonl").read_text().splitlines()]
@@ -186,16 +171,19 @@ def test_corrupt_and_wrong_size_images_are_skipped(mined, tmp_path, caplog):
     bad, small = page["images"][0]["key"], page["images"][1]["key"]
     (dst / "world" / bad).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (dst / "world" / small).write_bytes(png(np.zeros((8, 8, 3), np.uint8)))
-    with caplog.at_level(logging.WARNING, logger="suti.mine"):
-        res = M.mine_corpus(config_for(ov, dst), FileStore(dst))
-    assert res.manifest["counts"]["unreadable_images"] == 2
-    assert res.manifest["counts"]["clusters_with_unreadable_images"] == 1
-    warned = " ".join(r.getMessage() for r in caplog.records)
-    assert f"world/{bad}" in warned and f"world/{small}" in warned and "wrong size" in warned
+    res = mine_copy(ov, dst, tmp_path)
+    assert res["counts"]["unreadable_images"] == 2
+    assert res["counts"]["clusters_with_unreadable_images"] == 1
     cid = M.cluster_id_for(M.source_key(page["url"]))
-    kept = {c.cluster_id: c for c in res.clusters}
+    kept = {c.cluster_id: c for c in M.load_clusters(FileStore(dst))}
     assert cid in kept and not {f"world/{bad}", f"world/{small}"} & set(kept[cid].images)
     assert len(kept[cid].images) == len(page["images"]) - 2
+    # the scoring step names each skipped file and why
+    warned: list[str] = []
+    copy = FileStore(dst)
+    scorers = Scorers.load(copy, cfg.backbone.clip_config, cfg.world.resolution)
+    M.score_candidates(copy, scorers, M.group_by_source(M.read_pages(copy)), int(cfg.world.resolution), warned.append)
+    assert f"world/{bad}" in " ".join(warned) and f"world/{small}" in " ".join(warned) and "wrong size" in " ".join(warned)
 
 
 # ---------------------------------------------------------------- rules, no models

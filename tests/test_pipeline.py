@@ -10,10 +10,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def engine(smoke):
-    from suti.flows.filter import filter_flow
+    from suti.flows.pipeline import pipeline_flow
 
     ov, cfg, store = smoke
-    rep = filter_flow(overrides=ov)
+    run = pipeline_flow(overrides=ov, until="filter")  # world .. filter, each stage once
+    assert run["stages"] == ["world", "foundation", "mine", "experts", "filter"]
+    assert run["stage_entries"] == dict.fromkeys(run["stages"], 1), run["stage_entries"]
+    rep = json.loads((Path(cfg.reports_dir) / "filter.json").read_text())
     return ov, cfg, store, rep
 
 
@@ -38,8 +41,8 @@ def test_experts_outputs_and_records(engine):
 
 
 def test_experts_check_reused_while_nothing_changed(engine):
-    """The filter, sweep and pipeline flows call the experts flow again: its check (hundreds
-    of samples) is reused while the experts, base, rater and config are unchanged."""
+    """`suti experts` again (or `suti run` after a change downstream): its check (hundreds of
+    samples) is reused while the experts, base, rater and config are unchanged."""
     from omegaconf import OmegaConf
 
     from suti.flows.experts import experts_flow, stored_check

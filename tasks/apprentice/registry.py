@@ -231,8 +231,8 @@ def register_candidate(cfg: DictConfig, store, run_name: str, run_id: str, tags:
     ``apprentice.model_name`` and point ``apprentice.alias`` (``candidate``) at it."""
     import mlflow
 
-    name = str(cfg.apprentice.get("model_name", "suti-apprentice"))
-    alias = str(cfg.apprentice.get("alias", "candidate"))
+    name = str(cfg.apprentice.model_name)
+    alias = str(cfg.apprentice.alias)
     digest = hashlib.sha256(store.get_bytes(f"apprentice/{run_name}/model/{MODEL_FILE}")).hexdigest()[:16]
     tags = {**(tags or {}), "run_name": run_name, "model_digest": digest}
     client = mlflow.MlflowClient()

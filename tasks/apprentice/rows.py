@@ -54,7 +54,7 @@ def training_rows(store, source: str, lam: float | None) -> list[dict]:
 
 def run_name_for(cfg: DictConfig, lam: float | None) -> str:
     """``apprentice.run_name`` or ``lam-<lambda>`` (``lam-none`` for all rows)."""
-    name = cfg.apprentice.get("run_name")
+    name = cfg.apprentice.run_name
     if name:
         return str(name)
     return "lam-none" if lam is None else f"lam-{float(lam):g}"

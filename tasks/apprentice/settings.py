@@ -46,7 +46,7 @@ class TrainSettings:
         s = cls()
         kw = {f: a.get(f, getattr(s, f)) for f in asdict(s) if f not in ("seed", "progress")}
         kw["seed"] = int(cfg.seed)
-        kw["progress"] = bool(cfg.get("progress", False))
+        kw["progress"] = bool(cfg.progress)
         if dreamsuti:
             kw.update(steps=a.get("dreamsuti_steps", 500), lr=a.get("dreamsuti_lr", 1e-5),
                       batch_size=a.get("dreamsuti_batch_size", 4), train_base=a.get("dreamsuti_train_base", True),
@@ -83,4 +83,4 @@ def apprentice_config(cfg: DictConfig) -> ApprenticeConfig:
 def sampling_defaults(cfg: DictConfig) -> dict:
     a = cfg.apprentice
     return {"guidance": float(a.guidance), "scheduler": str(a.scheduler), "steps": int(a.sample_steps),
-            "num_images": int(a.get("num_images", 4)), "demos": int(a.demos)}
+            "num_images": int(a.num_images), "demos": int(a.demos)}

@@ -145,14 +145,14 @@ def _finish_run(cfg, store, apprentice: "Apprentice", rows, images: ImageSource,
     """Export the model, render the sample grid, log the end-of-run metrics."""
     local = Path(tempfile.mkdtemp(prefix="apprentice-export-", dir=cache_dir(cfg)))
     try:
-        apprentice.export(local / "model", bundle=bool(cfg.backbone.get("bundle", False)))
+        apprentice.export(local / "model", bundle=bool(cfg.backbone.bundle))
         store.delete(f"{prefix}/model")
         upload_dir(store, local / "model", f"{prefix}/model")
     finally:
         shutil.rmtree(local, ignore_errors=True)
     overhead = apprentice.model.param_overhead()
     gates = {site: float(torch.tanh(layer.gate.detach()).item()) for site, layer in apprentice.model.demo_layers.items()}
-    grid_png = sample_grid(apprentice, rows, images, int(cfg.apprentice.get("grid_rows", 4)), seed=int(cfg.seed))
+    grid_png = sample_grid(apprentice, rows, images, int(cfg.apprentice.grid_rows), seed=int(cfg.seed))
     store.put_bytes(f"{prefix}/samples.png", grid_png)
     record = {**extra, "steps": fit["steps"], "resumed_from": fit["resumed_from"], "steps_run": fit["steps_run"],
               "data_start_step": fit["data_start_step"],
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = OmegaConf.load(args.config)
     setup_env(cfg)
-    store = open_store(str(cfg.storage.uri), cfg.storage.get("endpoint_url"))
+    store = open_store(str(cfg.storage.uri), cfg.storage.endpoint_url)
     lam = None if args.lam.lower() in ("none", "null") else float(args.lam)
     if args.run_id:
         from suti.tracking import setup_tracking

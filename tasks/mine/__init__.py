@@ -38,23 +38,22 @@ from suti.tasks.mine.records import (Band, Candidate, Decision, ImageRecord, Mer
                                      PageImage, ScoredCluster)
 from suti.tasks.mine.scoring import (cluster_id_for, decode_image, group_by_source, load_images,
                                      mean_pairwise_cosine, read_pages, score_candidates, source_key)
-from suti.tasks.mine.band import calibrate_band, select_clusters
+from suti.tasks.mine.band import calibrate_band, calibrate_from_records, select_clusters
 from suti.tasks.mine.describe import (CLASS_WORDS, DescriptionMerger, LLMDescriptionMerger, LLM_MERGE_PROMPT,
                                       RuleDescriptionMerger, brand_from_alts, demo_text, describe_cluster,
                                       make_merger, subject_phrase)
 from suti.tasks.mine.outputs import (begin_outputs, cluster_grid, count_decisions, fingerprint, finish,
                                      load_clusters, load_prompts, mined_done, prompts_per_cluster, shard_key,
                                      write_clusters, write_manifest, write_prompts)
-from suti.tasks.mine.stage import MineResult, calibrate_from_records, mine_corpus
 from suti.tasks.mine.truth import check_against_truth
 
 __all__ = ["Band", "CLASS_WORDS", "Candidate", "Decision", "DescriptionMerger", "ImageRecord",
-           "LLMDescriptionMerger", "LLM_MERGE_PROMPT", "MergedDescription", "MineConfig", "MineResult",
+           "LLMDescriptionMerger", "LLM_MERGE_PROMPT", "MergedDescription", "MineConfig",
            "MinedCluster", "PREFIX", "PageImage", "REASONS", "RuleDescriptionMerger", "ScoredCluster",
            "TRUTH_PREFIX", "WORLD_PREFIX", "begin_outputs", "brand_from_alts", "calibrate_band",
            "calibrate_from_records", "check_against_truth", "cluster_grid", "cluster_id_for", "count_decisions",
            "decode_image", "demo_text", "describe_cluster", "fingerprint", "finish", "group_by_source",
            "load_callable", "load_clusters", "load_images", "load_prompts", "make_merger", "mean_pairwise_cosine",
-           "mine_corpus", "mined_done", "prompts_per_cluster", "read_pages", "score_candidates", "select_clusters",
+           "mined_done", "prompts_per_cluster", "read_pages", "score_candidates", "select_clusters",
            "shard_key", "source_key", "subject_phrase", "torch_threads", "write_clusters", "write_manifest",
            "write_prompts"]

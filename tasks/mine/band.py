@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from suti.tasks.mine.config import MineConfig, torch_threads
-from suti.tasks.mine.records import Band, Decision, ScoredCluster
-from suti.tasks.mine.scoring import mean_pairwise_cosine
+from suti.tasks.mine.records import Band, Decision, ImageRecord, ScoredCluster
+from suti.tasks.mine.scoring import decode_image, mean_pairwise_cosine
 from suti.world.scene import stable_seed
 
 
@@ -110,3 +110,15 @@ def select_clusters(scored: list[ScoredCluster], band: Band, min_images: int = 3
             reason = "kept"
         out.append(Decision(cluster_id=s.cluster_id, reason=reason, images=n, mean_sim=s.mean_sim))
     return out
+
+
+def calibrate_from_records(store, scorers, scored: list[ScoredCluster], emb: np.ndarray, records: list[ImageRecord],
+                           mc: MineConfig, seed: int, resolution: int) -> Band:
+    """`calibrate_band` fed from the scoring step's outputs (images for the near-duplicate
+    copies are decoded again from the store: a small random sample)."""
+    cid_index = {s.cluster_id: i for i, s in enumerate(scored)}
+    owners = np.asarray([cid_index[r.cluster_id] for r in records], dtype=np.int64)
+    rng = np.random.default_rng(stable_seed("mine-dup-sample", seed))
+    pick = rng.choice(len(records), size=min(mc.dup_images, len(records)), replace=False) if records else []
+    images = np.stack([decode_image(store.get_bytes(records[int(i)].key), resolution) for i in pick]) if len(pick) else None
+    return calibrate_band(emb, owners, [len(s.images) for s in scored], images, scorers, mc, seed)

@@ -28,7 +28,7 @@ def fingerprint(cfg, store, mc: MineConfig) -> str:
 
 
 def prompts_per_cluster(cfg) -> int:
-    return int(cfg.get("expert", {}).get("prompts_per_cluster", 4) or 4)
+    return int(cfg.expert.prompts_per_cluster)
 
 
 def shard_key(i: int) -> str:
