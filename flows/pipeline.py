@@ -158,7 +158,7 @@ def _stages(cfg, stage, stages, entries, run, t0, world_flow, foundation_flow, m
     stage("experts", experts_flow)
     stage("filter", filter_flow)
     sweep = stage("sweep", sweep_flow)
-    out = {"stages": list(run), "stage_seconds": stages, "stage_entries": entries}
+    out = {"profile": cfg.profile_name, "stages": list(run), "stage_seconds": stages, "stage_entries": entries}
     if not set(run) & {"apprentice", "reimagen", "eval", "promote"}:
         return {"seconds": round(time.time() - t0, 1), **out}
     sweep = sweep if sweep is not None else _earlier(cfg, "sweep", run[0])
