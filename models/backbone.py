@@ -64,6 +64,7 @@ class Backbone:
     unet: torch.nn.Module
     resolution: int
     latent: bool = False  # True when model space is a VAE latent space (no pixel thresholding)
+    sample_precision: str = "fp32"  # fp32 | bf16: autocast of the UNet calls while sampling (no grad)
 
     @property
     def device(self) -> torch.device:
@@ -380,14 +381,19 @@ class SDBackbone(Backbone):
 
 def load_backbone(cfg, store) -> Backbone:
     """The backbone named by ``cfg.backbone.name`` (``tiny``: from the store)."""
-    name = cfg.backbone.name
-    if name == "tiny":
-        return TinyBackbone.from_store(cfg, store)
-    if name == "stable-diffusion":
-        return SDBackbone.from_config(cfg.backbone)
     from suti.config import ConfigError
 
-    raise ConfigError(f"unknown backbone {name!r}")
+    name, prec = cfg.backbone.name, str(cfg.backbone.sample_precision)
+    if prec not in ("fp32", "bf16"):
+        raise ConfigError(f"backbone.sample_precision must be fp32 or bf16, got {prec!r}")
+    if name == "tiny":
+        bb = TinyBackbone.from_store(cfg, store)
+    elif name == "stable-diffusion":
+        bb = SDBackbone.from_config(cfg.backbone)
+    else:
+        raise ConfigError(f"unknown backbone {name!r}")
+    bb.sample_precision = prec
+    return bb
 
 
 def load_exported(directory: str | Path) -> Backbone:
@@ -406,14 +412,27 @@ def load_exported(directory: str | Path) -> Backbone:
 @torch.no_grad()
 def sample_cfg(eps_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], shape: tuple, scheduler,
                steps: int, guidance: float, generator: torch.Generator | None, device: torch.device | str,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, precision: str = "fp32") -> torch.Tensor:
     """Classifier-free guided sampling on any device.
 
     ``eps_fn(x, t, guided)`` returns the model's prediction; with ``guided`` it gets the
     batch twice, [unconditional; conditional], and returns both halves stacked the same
     way (one UNet call per step). The initial noise is drawn on the CPU from ``generator``
-    so a seed gives the same images on every device. Returns model-space samples.
+    so a seed gives the same images on every device. ``precision="bf16"`` runs the model
+    calls under bfloat16 autocast (the scheduler's arithmetic stays in ``dtype``). Returns
+    model-space samples.
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"sample precision must be fp32 or bf16, got {precision!r}")
+    raw_fn = eps_fn
+    if precision == "bf16":
+        dev_type = torch.device(device).type
+
+        def eps_fn(x, t, is_guided):
+            with torch.autocast(dev_type, dtype=torch.bfloat16):
+                out = raw_fn(x, t, is_guided)
+            return out.to(dtype)
+
     x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
     scheduler.set_timesteps(min(int(steps), scheduler.config.num_train_timesteps), device=device)
     x = x * scheduler.init_noise_sigma
@@ -459,7 +478,8 @@ def text_to_image(backbone: Backbone, model_fn: Callable, prompt: str, num_image
 
     gen = torch.Generator().manual_seed(int(seed))
     dtype = next(bb.unet.parameters()).dtype
-    x = sample_cfg(eps, bb.sample_shape(n), bb.sampling_scheduler(kind, guidance), steps, guidance, gen, dev, dtype)
+    x = sample_cfg(eps, bb.sample_shape(n), bb.sampling_scheduler(kind, guidance), steps, guidance, gen, dev, dtype,
+                   bb.sample_precision)
     return bb.decode(x)
 
 

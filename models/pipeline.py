@@ -42,6 +42,8 @@ class Apprentice:
         self.backbone, self.model = backbone, model.eval()
         self.defaults = dict(defaults)
         self.meta = dict(meta or {})
+        # sampling precision of the UNet calls (exports made before it was a setting: fp32)
+        self.backbone.sample_precision = str(self.defaults.get("precision", "fp32"))
 
     @property
     def device(self) -> torch.device:

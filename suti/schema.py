@@ -49,6 +49,7 @@ class BackboneSchema:
     # a local diffusers Stable Diffusion folder (`???` until given; tiny: null)
     path: Optional[str] = MISSING
     bundle: bool = MISSING
+    sample_precision: str = MISSING
 
 
 @dataclass
@@ -68,6 +69,7 @@ class IdentityTrainSchema:
     temperature: float = MISSING
     embed_dim: int = MISSING
     hard_batches: float = MISSING
+    width: int = MISSING
 
 
 @dataclass

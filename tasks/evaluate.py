@@ -115,7 +115,14 @@ def eval_settings(cfg, store, split: str, limit: int | None) -> dict:
             "dreamsuti": {k: a.get(k) for k in ("dreamsuti_steps", "dreamsuti_lr", "dreamsuti_batch_size",
                                                 "dreamsuti_train_base")},
             "expert": expert_settings(cfg, store)["expert"],
-            "world": _world_key(cfg), "foundation": _foundation_meta(store)}
+            "world": _world_key(cfg), "foundation": _foundation_meta(store), **_precision(cfg)}
+
+
+def _precision(cfg) -> dict:
+    """The sampling precision, keyed only when it is not fp32 (so results and experts made
+    before the setting existed, all fp32, keep their keys)."""
+    p = str(cfg.backbone.sample_precision)
+    return {} if p == "fp32" else {"sample_precision": p}
 
 
 def expert_settings(cfg, store) -> dict:
@@ -130,7 +137,7 @@ def expert_settings(cfg, store) -> dict:
     return {"protocol_version": PROTOCOL_VERSION, "expert": {k: v for k, v in e.items() if k in RECIPE_KEYS},
             "images_per_prompt": int(ev.images_per_prompt), "guidance": float(ev.guidance),
             "scheduler": str(ev.scheduler), "sample_steps": int(ev.sample_steps), "seed": int(cfg.seed),
-            "world": _world_key(cfg), "base": _foundation_meta(store)["base"]}
+            "world": _world_key(cfg), "base": _foundation_meta(store)["base"], **_precision(cfg)}
 
 
 def protocol_of(settings: dict) -> str:

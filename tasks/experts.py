@@ -227,6 +227,7 @@ def run_expert(spec: ExpertSpec, cfg: DictConfig, store, base_state: dict, clip,
         seeds = [int(s) for s in slot_seeds]
         ev = cfg.eval
         bb = TinyBackbone(clip, cfg.backbone.clip_config, unet.eval(), schedule_config(cfg.backbone))
+        bb.sample_precision = str(cfg.backbone.sample_precision)
         samples = np.concatenate([text_to_image(bb, base_model_fn(bb), t, n_per, ev.guidance, ev.scheduler,
                                                 ev.sample_steps, s) for t, s in zip(prompt_texts, seeds)])
     sample_s = time.time() - t1

@@ -74,7 +74,7 @@ def train_clip(cfg: DictConfig, store, images, scenes) -> dict:
 
 def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
     c = cfg.foundation.identity
-    arch = {"width": 32, "embed_dim": c.embed_dim}
+    arch = {"width": int(c.width), "embed_dim": c.embed_dim}
     torch.manual_seed(cfg.seed)
     net = IdentityNet(**arch)
     by_subject: dict[str, list[int]] = {}
@@ -89,7 +89,7 @@ def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
     for gi, sid in enumerate(sids):
         by_words.setdefault(word_of[sid], []).append(gi)
     hard_pools = [v for v in by_words.values() if len(v) >= 2]
-    p_hard = float(c.get("hard_batches", 0.0))
+    p_hard = float(c.hard_batches)
     per_pool = 4
 
     def pick_groups(rng):
@@ -128,7 +128,7 @@ def train_rater(cfg: DictConfig, store, images, scenes) -> dict:
 
     def batch(rng):
         idx = rng.integers(0, len(images), c.batch_size)
-        ims = jitter(images[idx], rng, int(c.get("shift", 0)))
+        ims = jitter(images[idx], rng, int(c.shift))
         fake = corrupt(ims[: c.batch_size // 2], rng)
         real_label = torch.cat([torch.ones(len(ims)), torch.zeros(len(fake))])
         return (torch.as_tensor(ims), {k: torch.as_tensor(v[idx]) for k, v in targets.items()},

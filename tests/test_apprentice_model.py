@@ -456,3 +456,24 @@ def test_deepcopy_and_pickle_rebind_hooks(pixel, tmp_path):
         torch.save(app, tmp_path / "app.pt")
         loaded = torch.load(tmp_path / "app.pt", weights_only=False)
         assert torch.allclose(loaded(sample, t, text, loaded.encode_demos(demo_images, demo_text)), ref, atol=ATOL)
+
+
+def test_bf16_sampling_stays_close_to_fp32_and_rejects_other_precisions(pixel):
+    """`sample_precision: bf16` autocasts the UNet calls only: same noise, same scheduler,
+    images within bf16's rounding of fp32's; the latent stays fp32."""
+    from suti.models.backbone import sample_cfg
+    from suti.models.diffusion import make_scheduler
+
+    unet = pixel.unet.eval()
+    text = pixel.text(2, seed=5)
+    fn = lambda x, t, guided: unet(x, t, encoder_hidden_states=torch.cat([text, text]) if guided else text).sample  # noqa: E731
+    out = {}
+    for prec in ("fp32", "bf16"):
+        sched = make_scheduler("ddim")
+        out[prec] = sample_cfg(fn, (2, 3, 16, 16), sched, 4, 3.0, torch.Generator().manual_seed(0), "cpu",
+                               precision=prec)
+    assert out["bf16"].dtype == torch.float32
+    diff = (out["bf16"] - out["fp32"]).abs()
+    assert 0 < diff.max() < 0.1 * out["fp32"].abs().max()
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        sample_cfg(fn, (2, 3, 16, 16), sched, 2, 3.0, torch.Generator().manual_seed(0), "cpu", precision="fp16")

@@ -83,4 +83,5 @@ def apprentice_config(cfg: DictConfig) -> ApprenticeConfig:
 def sampling_defaults(cfg: DictConfig) -> dict:
     a = cfg.apprentice
     return {"guidance": float(a.guidance), "scheduler": str(a.scheduler), "steps": int(a.sample_steps),
-            "num_images": int(a.num_images), "demos": int(a.demos)}
+            "num_images": int(a.num_images), "demos": int(a.demos),
+            "precision": str(cfg.backbone.sample_precision)}
