@@ -100,10 +100,6 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
     if reimagen:
         with open_dict(cfg):
             cfg.apprentice.model_name = str(cfg.reimagen.model_name)
-    if parent_run_id is None:  # a sweep checked its inputs once for all its lambdas
-        from suti.flows.stages import require
-
-        require("mine" if reimagen else "filter", cfg, store, by="reimagen" if reimagen else "apprentice")
     t0 = time.time()
     rows = load_rows(store, lam, source)
     what = "raw clusters (Re-Imagen)" if reimagen else f"G(lambda={lam})"

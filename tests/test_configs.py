@@ -67,9 +67,9 @@ def test_wrong_values_are_one_line_errors(override, needle):
     assert "\n" not in str(e.value)
 
 
-def test_train_in_an_empty_workdir_names_what_to_run_first(tmp_path):
-    """`suti train` before `suti filter`: the flow stops on its input check; Prefect's engine would
-    log the traceback, the CLI keeps only the one line naming the command and exits 2."""
+def test_error_inside_a_flow_ends_in_one_line_without_traceback(tmp_path):
+    """`suti train` before `suti filter`: the flow raises inside a task; Prefect's engine would log
+    the traceback, the CLI keeps only the message and exits 2."""
     import os
     import subprocess
     import sys
@@ -81,7 +81,7 @@ def test_train_in_an_empty_workdir_names_what_to_run_first(tmp_path):
     assert p.returncode == 2, p.stderr[-3000:]
     assert "Traceback" not in p.stderr + p.stdout, p.stderr[-3000:]
     last = [x for x in p.stderr.splitlines() if x.strip()][-2:]
-    assert any(x.startswith("suti: error: apprentice:") and "run `suti filter` first" in x for x in last), last
+    assert any(x.startswith("suti: error: missing artifact") and "suti filter" in x for x in last), last
 
 
 @pytest.mark.parametrize("pick,sweep_steps,want", [
