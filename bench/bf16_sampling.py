@@ -17,6 +17,8 @@ import argparse
 import json
 import time
 
+from _workdir import open_workdir
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,15 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from suti.config import compose
     from suti.models.backbone import base_model_fn, load_backbone, text_to_image
     from suti.models.scorers import Scorers
-    from suti.store import open_store
     from suti.tasks import foundation as F
     from suti.world.scene import generic_caption
 
-    cfg = compose([f"profile={args.profile}", f"workdir={args.workdir}", "progress=false"])
-    store = open_store(str(cfg.storage.uri))
+    cfg, store = open_workdir(args.workdir, args.profile)
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
     bb = load_backbone(cfg, store)
     fn = base_model_fn(bb)

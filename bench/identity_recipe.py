@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
+
+from _workdir import open_workdir, train_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,20 +33,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
-    import yaml
 
     torch.set_num_threads(args.threads)
-    from omegaconf import OmegaConf
-
-    from suti.config import compose
     from suti.models.foundation import IdentityNet
     from suti.models.scorers import Scorers, load_state
-    from suti.store import open_store
     from suti.tasks import foundation as F
     from suti.world.render import render
 
-    cfg = compose([f"profile={args.profile}", f"workdir={args.workdir}", "progress=false"])
-    src = open_store(str(cfg.storage.uri))
+    cfg, src = open_workdir(args.workdir, args.profile)
     images, scenes = F.load_pretrain(src)
     checks = F.heldout_renders(cfg, src, int(cfg.foundation.eval.heldout_renders))
     check_ims = np.stack([render(s, cfg.world.resolution) for s in checks])
@@ -56,12 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if recipe == "stored":  # the workdir's own embedder, as its foundation checks scored it
             over, rcfg, tmp, seconds = "stored", cfg, src, 0.0
         else:
-            over = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in recipe.split(",") if kv)}
-            rcfg = OmegaConf.merge(cfg, {"foundation": {"identity": over}})
-            tmp = open_store(f"file://{tempfile.mkdtemp(prefix='bench-identity-')}")
-            t0 = time.time()
-            F.train_identity(rcfg, tmp, images, scenes)
-            seconds = time.time() - t0
+            over, rcfg, tmp, seconds = train_recipe(cfg, "identity", recipe, F.train_identity, images, scenes)
         st = load_state(tmp, "foundation/identity/model.pt")
         net = IdentityNet(**st["meta"]["arch"])
         net.load_state_dict(st["state_dict"])
@@ -89,7 +78,7 @@ def val_slots(cfg, store, eval_id: str) -> list[dict]:
     from suti.tasks import evaluate as E
 
     R = cfg.world.resolution
-    stored = {store.get_json(k)["sid"]: store.get_json(k) for k in store.list(f"eval/{eval_id}/subjects/")}
+    stored = {r["sid"]: r for r in (store.get_json(k) for k in store.list(f"eval/{eval_id}/subjects/"))}
     if not stored:
         raise SystemExit(f"no stored eval {eval_id!r}: run `suti eval eval.split=val \"eval.methods=[oracle,base]\"`")
     cases = {c.sid: c for c in _subject_cases(cfg, store, Scorers.load(store, cfg.backbone.clip_config, R), None, "val")}

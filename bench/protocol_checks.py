@@ -16,6 +16,8 @@ import collections
 import json
 from pathlib import Path
 
+from _workdir import open_workdir
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -23,11 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="default")
     args = ap.parse_args(argv)
 
-    from suti.config import compose
-    from suti.store import open_store
-
-    cfg = compose([f"profile={args.profile}", f"workdir={args.workdir}", "progress=false"])
-    store = open_store(str(cfg.storage.uri))
+    cfg, store = open_workdir(args.workdir, args.profile)
     reports = Path(cfg.reports_dir)
 
     def report(name):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import tempfile
-import time
+
+from _workdir import open_workdir, train_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,20 +29,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
-    import yaml
 
     torch.set_num_threads(args.threads)
-    from omegaconf import OmegaConf
-
-    from suti.config import compose
     from suti.models.foundation import RaterNet
     from suti.models.scorers import Scorers, load_state
-    from suti.store import open_store
     from suti.tasks import foundation as F
     from suti.world.render import render
 
-    cfg = compose([f"profile={args.profile}", f"workdir={args.workdir}", "progress=false"])
-    src = open_store(str(cfg.storage.uri))
+    cfg, src = open_workdir(args.workdir, args.profile)
     images, scenes = F.load_pretrain(src)
     checks = F.heldout_renders(cfg, src, int(cfg.foundation.eval.heldout_renders))
     check_ims = np.stack([render(s, cfg.world.resolution) for s in checks])
@@ -57,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for recipe in args.recipe or [""]:
-        over = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in recipe.split(",") if kv)}
-        rcfg = OmegaConf.merge(cfg, {"foundation": {"rater": over}})
-        tmp = open_store(f"file://{tempfile.mkdtemp(prefix='bench-rater-')}")
-        t0 = time.time()
-        F.train_rater(rcfg, tmp, images, scenes)
-        seconds = time.time() - t0
+        over, rcfg, tmp, seconds = train_recipe(cfg, "rater", recipe, F.train_rater, images, scenes)
         st = load_state(tmp, "foundation/rater/model.pt")
         net = RaterNet(**st["meta"]["arch"])
         net.load_state_dict(st["state_dict"])

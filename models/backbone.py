@@ -49,6 +49,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
 
 
+SAMPLE_PRECISIONS = ("fp32", "bf16")  # of the UNet calls while sampling (bf16: autocast)
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
@@ -384,8 +387,8 @@ def load_backbone(cfg, store) -> Backbone:
     from suti.config import ConfigError
 
     name, prec = cfg.backbone.name, str(cfg.backbone.sample_precision)
-    if prec not in ("fp32", "bf16"):
-        raise ConfigError(f"backbone.sample_precision must be fp32 or bf16, got {prec!r}")
+    if prec not in SAMPLE_PRECISIONS:
+        raise ConfigError(f"backbone.sample_precision must be {' or '.join(SAMPLE_PRECISIONS)}, got {prec!r}")
     if name == "tiny":
         bb = TinyBackbone.from_store(cfg, store)
     elif name == "stable-diffusion":
@@ -422,8 +425,8 @@ def sample_cfg(eps_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor
     calls under bfloat16 autocast (the scheduler's arithmetic stays in ``dtype``). Returns
     model-space samples.
     """
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"sample precision must be fp32 or bf16, got {precision!r}")
+    if precision not in SAMPLE_PRECISIONS:
+        raise ValueError(f"sample precision must be {' or '.join(SAMPLE_PRECISIONS)}, got {precision!r}")
     raw_fn = eps_fn
     if precision == "bf16":
         dev_type = torch.device(device).type
