@@ -130,14 +130,20 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
     if not fit["global_zero"]:
         return {}
     apprentice = Apprentice(backbone, app, sampling_defaults(cfg),
-                            {"run_name": run_name, "rows": len(rows), "steps": fit["steps"],
+                            {"run_name": run_name, "rows": len(rows), "subjects": _subjects(rows), "steps": fit["steps"],
                              "train_base": settings.train_base, "backbone": backbone.describe()})
     apprentice.to(default_device())
     record = _finish_run(cfg, store, apprentice, rows, images, prefix, run_id, fit,
-                         {"rows": len(rows), "rows_digest": digest, "recipe": recipe, "run_name": run_name})
+                         {"rows": len(rows), "subjects": _subjects(rows), "rows_digest": digest, "recipe": recipe,
+                          "run_name": run_name})
     record["seconds"] = round(time.time() - t0, 1)
     store.mark_done(prefix, record)
     return record
+
+
+def _subjects(rows: Sequence[dict]) -> int:
+    """Distinct subjects (clusters) the rows teach: the paper's |clusters| beside |triples|."""
+    return len({r.get("cluster_id", r["sample_key"]) for r in rows})
 
 
 def _finish_run(cfg, store, apprentice: "Apprentice", rows, images: ImageSource, prefix: str, run_id: str | None,
