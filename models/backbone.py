@@ -415,12 +415,15 @@ def load_exported(directory: str | Path) -> Backbone:
 @torch.no_grad()
 def sample_cfg(eps_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], shape: tuple, scheduler,
                steps: int, guidance: float, generator: torch.Generator | None, device: torch.device | str,
-               dtype: torch.dtype = torch.float32, precision: str = "fp32") -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, precision: str = "fp32",
+               combine: Callable[[tuple], torch.Tensor] | None = None, branches: int = 2) -> torch.Tensor:
     """Classifier-free guided sampling on any device.
 
     ``eps_fn(x, t, guided)`` returns the model's prediction; with ``guided`` it gets the
     batch twice, [unconditional; conditional], and returns both halves stacked the same
-    way (one UNet call per step). The initial noise is drawn on the CPU from ``generator``
+    way (one UNet call per step). With ``combine``, the batch comes ``branches`` times and
+    ``combine(chunks)`` makes the guided prediction from the ``branches`` predictions (e.g.
+    separate demo and text scales). The initial noise is drawn on the CPU from ``generator``
     so a seed gives the same images on every device. ``precision="bf16"`` runs the model
     calls under bfloat16 autocast (the scheduler's arithmetic stays in ``dtype``). Returns
     model-space samples.
@@ -445,9 +448,9 @@ def sample_cfg(eps_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor
         xin = scheduler.scale_model_input(x, t)
         tt = torch.full((shape[0],), int(t), dtype=torch.long, device=device)
         if guided:
-            out = eps_fn(torch.cat([xin, xin]), torch.cat([tt, tt]), True)
-            eps_u, eps_c = out.chunk(2)
-            eps = eps_u + guidance * (eps_c - eps_u)
+            nb = branches if combine is not None else 2
+            chunks = eps_fn(torch.cat([xin] * nb), torch.cat([tt] * nb), True).chunk(nb)
+            eps = combine(chunks) if combine is not None else chunks[0] + guidance * (chunks[1] - chunks[0])
         else:
             eps = eps_fn(xin, tt, False)
         step = scheduler.step(eps, t, x, generator=generator) if takes_gen else scheduler.step(eps, t, x)
@@ -457,22 +460,35 @@ def sample_cfg(eps_fn: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor
 
 @torch.no_grad()
 def text_to_image(backbone: Backbone, model_fn: Callable, prompt: str, num_images: int, guidance: float, kind: str,
-                  steps: int, seed: int, memory=None) -> np.ndarray:
+                  steps: int, seed: int, memory=None, demo_guidance: float | None = None) -> np.ndarray:
     """``num_images`` images for one prompt with classifier-free guidance: the one sampling
     path of the base model, the apprentice (with or without demos) and the evaluation rows,
     so a seed and a prompt give the same noise, and a model with no demos the same images.
 
     ``model_fn(x, t, text_states, memory)`` returns the prediction; ``memory`` (batch 1 or
-    None) is broadcast, and CFG's unconditional half gets neither text nor demos."""
+    None) is broadcast, and CFG's unconditional half gets neither text nor demos.
+
+    ``demo_guidance`` (with demos): separate scales for the demos and the text, as
+    InstructPix2Pix does for its image and text, from three predictions per step:
+    eps = u + s_demo * (d - u) + s_text * (c - d), u = no text no demos, d = demos only,
+    c = both, s_text = ``guidance``. ``demo_guidance == guidance`` is plain CFG (to float
+    rounding); None keeps the two-branch path."""
     n, bb = int(num_images), backbone
     dev = bb.device
     text_c = bb.encode_text([prompt]).to(dev).expand(n, -1, -1)
     mem_n = memory.expand(n) if memory is not None else None
     guided = bool(guidance) and guidance != 1.0
+    three = demo_guidance is not None and mem_n is not None and guided
+    combine = None
     if guided:
         text_u = bb.encode_text([""]).to(dev).expand(n, -1, -1)
         text_2 = torch.cat([text_u, text_c])
         mem_2 = type(mem_n).cat([mem_n.without_demos(), mem_n]) if mem_n is not None else None
+        if three:  # [no text, no demos; no text, demos; text, demos]
+            text_2 = torch.cat([text_u, text_u, text_c])
+            mem_2 = type(mem_n).cat([mem_n.without_demos(), mem_n, mem_n])
+            s_d, s_t = float(demo_guidance), float(guidance)
+            combine = lambda ch: ch[0] + s_d * (ch[1] - ch[0]) + s_t * (ch[2] - ch[1])  # noqa: E731
 
     def eps(x, t, is_guided):
         if is_guided:
@@ -482,7 +498,7 @@ def text_to_image(backbone: Backbone, model_fn: Callable, prompt: str, num_image
     gen = torch.Generator().manual_seed(int(seed))
     dtype = next(bb.unet.parameters()).dtype
     x = sample_cfg(eps, bb.sample_shape(n), bb.sampling_scheduler(kind, guidance), steps, guidance, gen, dev, dtype,
-                   bb.sample_precision)
+                   bb.sample_precision, combine=combine, branches=3 if three else 2)
     return bb.decode(x)
 
 

@@ -108,13 +108,14 @@ class Apprentice:
     @torch.no_grad()
     def generate(self, demos: Sequence[np.ndarray] = (), demo_texts: Sequence[str] | None = None, prompt: str = "",
                  num_images: int | None = None, guidance: float | None = None, scheduler: str | None = None,
-                 steps: int | None = None, seed: int = 0) -> list[np.ndarray]:
+                 steps: int | None = None, seed: int = 0, demo_guidance: float | None = None) -> list[np.ndarray]:
         """Render ``num_images`` images of the demos' subject following ``prompt``.
 
         Any number of demos (uint8 (H, W, 3), any size: center-cropped and resized), 0
         included: then the output is the base model's for the same seed (the gates only
-        act through demos). CFG's unconditional branch has no text and no demos.
-        Returns uint8 (R, R, 3) arrays."""
+        act through demos). CFG's unconditional branch has no text and no demos;
+        ``demo_guidance`` scales the demos apart from the text (``text_to_image``; None: the
+        export's default, itself None for one scale). Returns uint8 (R, R, 3) arrays."""
         n = int(num_images if num_images is not None else self.defaults["num_images"])
         if n < 1:
             raise ValueError("num_images must be >= 1")
@@ -122,4 +123,6 @@ class Apprentice:
         kind = str(scheduler or self.defaults["scheduler"])
         steps = int(steps or self.defaults["steps"])
         memory = self.encode_demos(demos, demo_texts)
-        return list(text_to_image(self.backbone, self.model, prompt, n, guidance, kind, steps, seed, memory))
+        dg = self.defaults.get("demo_guidance") if demo_guidance is None else demo_guidance
+        return list(text_to_image(self.backbone, self.model, prompt, n, guidance, kind, steps, seed, memory,
+                                  demo_guidance=None if dg is None else float(dg)))

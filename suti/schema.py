@@ -204,6 +204,7 @@ class EvalSchema:
     methods: List[str] = MISSING
     model: Optional[str] = MISSING
     guidance: float = MISSING
+    demo_guidance: Optional[float] = MISSING
     scheduler: str = MISSING
     sample_steps: int = MISSING
     kshot_prompts: int = MISSING

@@ -111,11 +111,17 @@ def eval_settings(cfg, store, split: str, limit: int | None) -> dict:
             "scheduler": str(ev.scheduler), "sample_steps": int(ev.sample_steps), "seed": int(cfg.seed),
             "methods": list(OmegaConf.to_container(ev.methods)), "kshot_prompts": int(ev.kshot_prompts),
             "curves": bool(ev.curves),
-            "apprentice_demos": int(a.demos),
+            "apprentice_demos": int(a.demos), **_demo_guidance(cfg),
             "dreamsuti": {k: a.get(k) for k in ("dreamsuti_steps", "dreamsuti_lr", "dreamsuti_batch_size",
                                                 "dreamsuti_train_base")},
             "expert": expert_settings(cfg, store)["expert"],
             "world": _world_key(cfg), "foundation": _foundation_meta(store), **_precision(cfg)}
+
+
+def _demo_guidance(cfg) -> dict:
+    """``eval.demo_guidance``, keyed only when set (results made before it existed keep their keys)."""
+    dg = cfg.eval.get("demo_guidance")
+    return {} if dg is None else {"demo_guidance": float(dg)}
 
 
 def _precision(cfg) -> dict:
@@ -148,6 +154,8 @@ def protocol_of(settings: dict) -> str:
     keep = ("protocol_version", "prompt_protocol", "split", "limit", "images_per_prompt", "guidance", "scheduler",
             "sample_steps", "seed", "apprentice_demos", "world")
     part = {k: settings[k] for k in keep}
+    if "demo_guidance" in settings:  # keyed only when set: earlier protocols keep their ids
+        part["demo_guidance"] = settings["demo_guidance"]
     part["scorers"] = {k: v for k, v in settings["foundation"].items() if k != "base"}
     return f"p{settings['protocol_version']}-{settings['split']}-{digest(part)[:8]}"
 
@@ -241,7 +249,8 @@ def apprentice_images(app, case: SubjectCase, recs: list[dict], n: int, seeds: l
     out = []
     for r, s in zip(recs, seeds):
         out += app.generate(list(d[:k]), list(t[:k]), r["text"], num_images=n, guidance=cfg.eval.guidance,
-                            scheduler=cfg.eval.scheduler, steps=cfg.eval.sample_steps, seed=s)
+                            scheduler=cfg.eval.scheduler, steps=cfg.eval.sample_steps, seed=s,
+                            demo_guidance=cfg.eval.get("demo_guidance"))
     return np.stack(out)
 
 
@@ -346,7 +355,8 @@ def dreambench_eval(cfg, store, scorers, app, backbone, limit: int | None, n: in
         seeds = [stable_seed("dreambench", s["name"], j) % 2 ** 31 for j in range(len(recs))]
         b = base_images(cfg, backbone, recs, n, seeds)
         a = np.concatenate([np.stack(app.generate(list(demos), None, r["text"], num_images=n, guidance=cfg.eval.guidance,
-                                                  scheduler=cfg.eval.scheduler, steps=cfg.eval.sample_steps, seed=sd))
+                                                  scheduler=cfg.eval.scheduler, steps=cfg.eval.sample_steps, seed=sd,
+                                                  demo_guidance=cfg.eval.get("demo_guidance")))
                             for r, sd in zip(recs, seeds)]) if app is not None else None
         for name, ims in (("base", b), ("apprentice", a)):
             if ims is None:

@@ -232,6 +232,27 @@ def test_zero_demos_is_the_base_model(trained):
     assert not all(np.array_equal(a, b) for a, b in zip(opened, got))
 
 
+def test_separate_demo_guidance(trained):
+    """InstructPix2Pix-style scales: demo_guidance == guidance is plain CFG (three branches
+    instead of two, so equal up to float rounding); another demo scale changes the images;
+    with no demos there is nothing to scale and the output is the plain one."""
+    from suti.tasks.apprentice import load_apprentice
+
+    cfg, store, row = trained["cfg"], trained["store"], trained["rows"][0]
+    app = load_apprentice("lam-none", cfg, store, device="cpu")
+    app.model.set_gates(0.5)
+    demos = [read_rgb(store, k) for k in row["demo_keys"][:3]]
+    kw = dict(num_images=2, seed=3, steps=3, guidance=5.0)
+    plain = app.generate(demos, row["demo_texts"][:3], "a teddy bear on the beach", **kw)
+    same = app.generate(demos, row["demo_texts"][:3], "a teddy bear on the beach", demo_guidance=5.0, **kw)
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(plain, same)) <= 2
+    strong = app.generate(demos, row["demo_texts"][:3], "a teddy bear on the beach", demo_guidance=12.0, **kw)
+    assert np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(plain, strong)]) > 0.5
+    none = app.generate([], None, "a teddy bear on the beach", demo_guidance=12.0, **kw)
+    ref = app.generate([], None, "a teddy bear on the beach", **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(none, ref))
+
+
 def test_demo_memory_is_computed_once_per_request(trained, monkeypatch):
     from suti.tasks.apprentice import load_apprentice
 
