@@ -28,14 +28,17 @@ from torch import nn
 
 __all__ = ["ApprenticeConfig", "DemoMemory", "DemoAttention", "ApprenticeUNet"]
 
-_DEMO_SITES = ("down_up", "down_up_mid")
+_DEMO_SITES = ("down_up", "down_up_mid", "all")
 
 
 @dataclass
 class ApprenticeConfig:
     """Where and how demonstration attention is added to a UNet."""
 
-    demo_sites: str = "down_up"  # "down_up": after every down/up cross-attn transformer; "down_up_mid": also the mid block
+    # "down_up": after every down/up cross-attn transformer; "down_up_mid": also the mid block;
+    # "all": down_up_mid plus the resolutions without attention (after the last resnet of every
+    # plain down/up block: the highest resolution of the tiny backbone and of SD)
+    demo_sites: str = "down_up"
     heads: int = 4  # attention heads per demo layer (reduced to the largest divisor of the site's channels if needed)
     demo_timestep: int = 0  # fixed diffusion timestep used to embed time while encoding (clean) demos
     gate_init: float = 0.0  # initial gate value; 0 makes the apprentice start exactly as the base UNet
@@ -304,6 +307,7 @@ class ApprenticeUNet(nn.Module):
     def _plan_sites(self) -> tuple[dict[str, nn.Module], dict[str, nn.Module], dict[str, str]]:
         """Find hook sites and, for each, which DownStack module provides its demo features."""
         unet = self.unet
+        every = self.config.demo_sites == "all"
         sites: dict[str, nn.Module] = {}
         sources: dict[str, nn.Module] = {}
         site_source: dict[str, str] = {}
@@ -333,8 +337,11 @@ class ApprenticeUNet(nn.Module):
                 name = f"down_blocks.{i}.resnets.{len(blk.resnets) - 1}"
                 sources[name] = blk.resnets[-1]
                 level_source[down_levels[i]] = name
+                if every:
+                    sites[name] = blk.resnets[-1]
+                    site_source[name] = name
 
-        if self.config.demo_sites == "down_up_mid" and unet.mid_block is not None:
+        if self.config.demo_sites in ("down_up_mid", "all") and unet.mid_block is not None:
             for j, attn in enumerate(getattr(unet.mid_block, "attentions", None) or []):
                 name = f"mid_block.attentions.{j}"
                 sites[name] = attn
@@ -343,15 +350,18 @@ class ApprenticeUNet(nn.Module):
 
         level = deepest
         for i, blk in enumerate(unet.up_blocks):
-            for j, attn in enumerate(getattr(blk, "attentions", None) or []):
-                name = f"up_blocks.{i}.attentions.{j}"
+            attns = getattr(blk, "attentions", None) or []
+            # plain up blocks get one site after their last resnet when every resolution is asked for
+            here = [(f"up_blocks.{i}.attentions.{j}", a) for j, a in enumerate(attns)] or (
+                [(f"up_blocks.{i}.resnets.{len(blk.resnets) - 1}", blk.resnets[-1])] if every else [])
+            for name, module in here:
                 if level not in level_source:
                     # Unusual layouts: fall back to the nearest resolution the DownStack has.
                     nearest = min(level_source, key=lambda lv: abs(lv - level))
                     site_source[name] = level_source[nearest]
                 else:
                     site_source[name] = level_source[level]
-                sites[name] = attn
+                sites[name] = module
             if getattr(blk, "upsamplers", None):
                 level -= 1
         if not sites:

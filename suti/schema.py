@@ -164,6 +164,7 @@ class ApprenticeSchema:
     demo_sites: str = MISSING
     heads: int = MISSING
     demo_timestep: int = MISSING
+    gate_init: float = MISSING
     steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING

@@ -191,6 +191,20 @@ def test_sites_mapping_and_overhead(pixel):
     mid = make_apprentice(pixel, demo_sites="down_up_mid")
     assert "mid_block.attentions.0" in mid.sites
     assert mid.param_overhead()["added"] > ov["added"]
+    # "all": the highest resolution (plain DownBlock2D / UpBlock2D) gets demo attention too
+    every = make_apprentice(pixel, demo_sites="all")
+    extra = set(every.sites) - set(mid.sites)
+    assert extra == {"down_blocks.0.resnets.0", "up_blocks.2.resnets.1"}
+    assert every.site_source["up_blocks.2.resnets.1"] == "down_blocks.0.resnets.0"
+    sample, t, text, demo_images, demo_text = request_inputs(pixel, 2, 3)
+    with torch.no_grad():
+        mem = every.encode_demos(demo_images, demo_text)
+        assert mem.features["up_blocks.2.resnets.1"].shape[1] == 3 * sample.shape[-1] * sample.shape[-2]
+        # gates at zero: still exactly the base; opened: the highest-resolution layers change the output
+        assert torch.allclose(every(sample, t, text, mem), base_out(every, sample, t, text), atol=1e-5)
+        every.set_gates(0.0)
+        every.demo_layers["up_blocks__2__resnets__1"].gate.fill_(0.5)
+        assert not torch.allclose(every(sample, t, text, mem), base_out(every, sample, t, text), atol=1e-4)
     with pytest.raises(ValueError):
         ApprenticeConfig(demo_sites="everywhere")
 

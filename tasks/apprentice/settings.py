@@ -75,7 +75,7 @@ def apprentice_config(cfg: DictConfig) -> ApprenticeConfig:
 
     try:
         return ApprenticeConfig(demo_sites=str(a.get("demo_sites", "down_up")), heads=int(a.get("heads", 4)),
-                                demo_timestep=int(a.get("demo_timestep", 0)))
+                                demo_timestep=int(a.get("demo_timestep", 0)), gate_init=float(a.gate_init))
     except ValueError as e:
         raise ConfigError(f"apprentice: {e}") from None
 
