@@ -11,7 +11,9 @@ slot), and print JSON per recipe: identity of each row, CLIP-T, `gap_closed` =
 
 A recipe is a comma-separated list of `apprentice` overrides plus two keys of its own:
 `source` = G (default) | clusters | mix (G plus every mined cluster: many more subjects) and
-`lam` = the filter's lambda for G (default `filter.lambda_`; `none`: every expert sample).
+`lam` = the filter's lambda for G (default `filter.lambda_`; `none`: every expert sample) and
+`min_id` = keep only G rows whose sample's identity to its cluster is at least this (the filter's
+`identity` field: delta-CLIP alone keeps the samples that copy the subject least).
 Models go to the workdir's store as unregistered runs `bench-<digest>` (a rerun reuses a
 finished one); nothing is registered or promoted, and test subjects are never read.
 """
@@ -26,7 +28,7 @@ import time
 
 def parse(recipe: str) -> tuple[dict, list[str]]:
     """(own keys, apprentice overrides) of one recipe string."""
-    own, ov = {"source": "G", "lam": "config"}, []
+    own, ov = {"source": "G", "lam": "config", "min_id": None}, []
     for kv in filter(None, recipe.split(",")):
         k, v = kv.split("=", 1)
         if k in own:
@@ -45,6 +47,12 @@ def rows_for(store, cfg, own: dict) -> list[dict]:
     if own["source"] == "clusters":
         return R.cluster_rows(store)
     G = R.load_G(store, lam)
+    if own["min_id"] is not None:
+        from suti.models.scorers import Scorers
+        from suti.tasks.filter import with_identity
+
+        sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
+        G = [r for r in with_identity(sc, store, cfg.world.resolution, G) if r["identity"] >= float(own["min_id"])]
     return G + R.cluster_rows(store) if own["source"] == "mix" else G
 
 

@@ -4,7 +4,10 @@
 
 keeps an expert sample only when it matches its prompt better than any of the cluster's
 own images do (by more than lambda). G(lambda) = {(y_s, p_s, C_s) : delta > lambda};
-lambda = None keeps every sample."""
+lambda = None keeps every sample.
+
+Each row also carries `identity`: the sample's mean identity-embedder cosine to its cluster's
+images (how much of the subject the expert kept), which delta-CLIP does not look at."""
 from __future__ import annotations
 
 import json
@@ -12,6 +15,7 @@ import json
 import numpy as np
 
 from suti.tasks.experts import read_image
+from suti.tasks.judge import identity_scores
 
 
 def delta_rows(scorers, store, resolution: int, records: list[dict]) -> list[dict]:
@@ -25,11 +29,26 @@ def delta_rows(scorers, store, resolution: int, records: list[dict]) -> list[dic
         t = scorers.text_embed(prompts)  # (S, D)
         ys = (scorers.image_embed(samples) * t).sum(1)  # CLIP(y_s, p_s)
         xs = (scorers.image_embed(demos) @ t.T).max(0)  # max_x CLIP(x, p_s)
-        for s, y, x in zip(rec["samples"], ys, xs):
+        ident = identity_scores(scorers, samples, [demos] * len(samples))
+        for s, y, x, i in zip(rec["samples"], ys, xs, ident):
             rows.append({"sample_key": s["key"], "cluster_id": rec["cluster_id"], "prompt": s["prompt"],
                          "prompt_record": s.get("prompt_record", {}), "delta": float(y - x),
-                         "clip_sample": float(y), "clip_demo_max": float(x),
+                         "clip_sample": float(y), "clip_demo_max": float(x), "identity": float(i),
                          "demo_keys": rec["demo_keys"], "demo_texts": rec["demo_texts"]})
+    return rows
+
+
+def with_identity(scorers, store, resolution: int, rows: list[dict]) -> list[dict]:
+    """Rows of an older filter output get their `identity` (the sample vs its cluster's images)."""
+    todo = [r for r in rows if "identity" not in r]
+    by_demos: dict[tuple, list[dict]] = {}
+    for r in todo:
+        by_demos.setdefault(tuple(r["demo_keys"]), []).append(r)
+    for keys, group in by_demos.items():
+        demos = np.stack([read_image(store, k, resolution) for k in keys])
+        samples = np.stack([read_image(store, r["sample_key"], resolution) for r in group])
+        for r, i in zip(group, identity_scores(scorers, samples, [demos] * len(samples))):
+            r["identity"] = float(i)
     return rows
 
 
