@@ -45,6 +45,7 @@ class GenerateRequest(BaseModel):
     scheduler: str | None = None  # None: apprentice.scheduler
     steps: int | None = None  # None: apprentice.sample_steps
     guidance: float | None = None  # None: apprentice.guidance
+    demo_guidance: float | None = None  # None: eval.demo_guidance's kind of default (one guidance for text + demos)
     model: str | None = None  # None: apprentice.model
     grid: bool = False
 
@@ -64,6 +65,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scheduler", default=None, metavar="|".join(SCHEDULERS))
     parser.add_argument("--steps", default=None, metavar="N", help="sampling steps")
     parser.add_argument("--guidance", default=None, metavar="W", help="classifier-free guidance scale")
+    parser.add_argument("--demo-guidance", dest="demo_guidance", default=None, metavar="W",
+                        help="a separate guidance scale for the demos (then --guidance scales the text alone)")
     parser.add_argument("--model", default=None, metavar="URI",
                         help="models:/NAME@ALIAS, runs:/..., a model folder or a store run name")
     parser.add_argument("--grid", action="store_true", help="also write PATH_grid.png (demos | generated, labelled)")
@@ -82,7 +85,7 @@ def _number(name: str, value, cast, lo=None, hi=None):
 
 
 def build_request(demo=None, demo_text=None, prompt=None, out=None, num_images=None, seed=None, scheduler=None,
-                  steps=None, guidance=None, model=None, grid=False) -> GenerateRequest:
+                  steps=None, guidance=None, model=None, grid=False, demo_guidance=None) -> GenerateRequest:
     """Check the arguments (not the files yet); one-line :class:`UserError` otherwise."""
     if prompt is None:
         raise UserError("--prompt is required: what to render, e.g. --prompt 'a photo of it on the beach'")
@@ -104,7 +107,7 @@ def build_request(demo=None, demo_text=None, prompt=None, out=None, num_images=N
         out=str(out), num_images=_number("--num-images", num_images, int, 1, MAX_IMAGES),
         seed=_number("--seed", seed, int, 0, 2**63 - 1) or 0, scheduler=scheduler,
         steps=_number("--steps", steps, int, 1, 1000), guidance=_number("--guidance", guidance, float, 0, 100),
-        model=model, grid=bool(grid))
+        demo_guidance=_number("--demo-guidance", demo_guidance, float, 0, 100), model=model, grid=bool(grid))
 
 
 def check_inputs(req: GenerateRequest) -> list:
@@ -144,7 +147,8 @@ def _flow():
     @task(name="generate", task_run_name="render {n} image(s)", cache_policy=NO_CACHE)
     def render(apprentice, images, req: GenerateRequest, n: int) -> list:
         return apprentice.generate(images, req.demo_texts, req.prompt, num_images=n, guidance=req.guidance,
-                                   scheduler=req.scheduler, steps=req.steps, seed=req.seed)
+                                   scheduler=req.scheduler, steps=req.steps, seed=req.seed,
+                                   demo_guidance=req.demo_guidance)
 
     @flow(name="generate", flow_run_name="generate: {req.prompt}", log_prints=True)
     def generate(overrides: list[str], req: GenerateRequest) -> list[str]:
@@ -175,11 +179,12 @@ def _flow():
 
 def generate_flow(overrides: list[str] | None = None, force: bool = False, demo=None, demo_text=None, prompt=None,
                   out=None, num_images=None, seed=None, scheduler=None, steps=None, guidance=None, model=None,
-                  grid: bool = False) -> int:
+                  grid: bool = False, demo_guidance=None) -> int:
     """`suti generate`: validate, then run the Prefect flow; prints the written paths."""
     from suti.flows.common import prepare
 
-    req = build_request(demo, demo_text, prompt, out, num_images, seed, scheduler, steps, guidance, model, grid)
+    req = build_request(demo, demo_text, prompt, out, num_images, seed, scheduler, steps, guidance, model, grid,
+                        demo_guidance)
     cfg, store = prepare(overrides)  # a wrong override fails here, before the files are read
     check_inputs(req)  # every file problem is one line, before prefect and the model load
     from suti.tasks.apprentice import check_source

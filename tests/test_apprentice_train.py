@@ -195,6 +195,12 @@ def test_registered_candidate_loads_and_generates(trained):
     assert one["images"][0] == out["images"][0]  # same request, same seed: same images
     with pytest.raises(ValueError, match="prompt"):
         model.predict({"prompt": "  ", "demos": demos})
+    # a separate demo scale is a request field too (checked like the others)
+    dg = model.predict({"prompt": row["prompt"], "demos": demos, "num_images": 1, "seed": 1, "steps": 2,
+                        "demo_guidance": 2.0})
+    assert from_b64(dg["images"][0][0]).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="demo_guidance"):
+        model.predict({"prompt": row["prompt"], "demos": demos, "demo_guidance": -1})
 
 
 def test_zero_demos_is_the_base_model(trained):

@@ -154,6 +154,7 @@ BAD_CASES = {  # case -> (arguments replacing / adding to a good call, what the 
     "unwritable-out": (lambda d: {"--out": ["/proc/suti-nope/out.png"]}, "cannot write"),
     "out-under-a-file": (lambda d: {"--out": [str(_write(d / "afile", b"x") / "out.png")]}, "cannot write"),
     "bad-number": (lambda d: {"--num-images": ["two"]}, "--num-images must be a whole number"),
+    "bad-demo-guidance": (lambda d: {"--demo-guidance": ["-3"]}, "--demo-guidance must be between 0 and 100"),
     "unknown-model": (lambda d: {"--model": ["no-such-run"]}, "no apprentice model"),
 }
 
@@ -183,7 +184,7 @@ def test_convertible_demos_generate_pngs(trained, convertible, tmp_path):
     argv = [a for p in files.values() for a in ("--demo", str(p))]
     proc = run_suti(trained, *argv, "--demo-text", "Oxlable teddy bear", "--prompt", "Oxlable teddy bear in the snow",
                     "--out", str(out), "--num-images", "2", "--steps", "2", "--seed", "3", "--scheduler", "ddim",
-                    "--grid")
+                    "--demo-guidance", "3", "--grid")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     # several images: gen_0.png, gen_1.png, and gen.png a grid of them (what --help says); --grid adds gen_grid.png

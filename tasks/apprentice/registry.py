@@ -29,8 +29,8 @@ class ApprenticePyfunc(PythonModel):
     Input (see :func:`model_signature`): one request per row of a DataFrame
     (``dataframe_records`` / ``dataframe_split``), or ``inputs`` as a list of request dicts
     or one dict; ``prompt`` (str) and ``demos`` (list of base64 image files: PNG, JPEG, ...),
-    optional ``demo_texts`` (list of str), ``num_images``, ``seed``, ``guidance``, ``steps``,
-    ``scheduler``. Output: a DataFrame with one row per request, ``prompt`` and ``images``
+    optional ``demo_texts`` (list of str), ``num_images``, ``seed``, ``guidance``,
+    ``demo_guidance`` (a separate scale for the demos), ``steps``, ``scheduler``. Output: a DataFrame with one row per request, ``prompt`` and ``images``
     (list of base64 PNG strings). A malformed request raises a one-line MlflowException
     (INVALID_PARAMETER_VALUE: HTTP 400 from the scoring server).
     """
@@ -127,12 +127,13 @@ class ApprenticePyfunc(PythonModel):
                 raise ValueError(f"request {i}: 'scheduler' must be ddpm, ddim or dpm, got {scheduler!r}")
             checked.append(dict(demos=demos, texts=texts, prompt=prompt, num_images=opt("num_images", int, 1, 64),
                                 guidance=opt("guidance", float, 0, 100), scheduler=scheduler,
+                                demo_guidance=opt("demo_guidance", float, 0, 100),
                                 steps=opt("steps", int, 1, 1000), seed=opt("seed", int, 0) or 0))
         out = []
         for c in checked:
             imgs = self.apprentice.generate(c["demos"], c["texts"], c["prompt"], num_images=c["num_images"],
                                             guidance=c["guidance"], scheduler=c["scheduler"], steps=c["steps"],
-                                            seed=c["seed"])
+                                            seed=c["seed"], demo_guidance=c["demo_guidance"])
             out.append({"prompt": c["prompt"], "images": [b64_png(im) for im in imgs]})
         return pd.DataFrame(out, columns=["prompt", "images"])
 
@@ -149,7 +150,8 @@ def bad_request(message: str) -> Exception:
     return BadRequest(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-REQUEST_FIELDS = ("prompt", "demos", "demo_texts", "num_images", "seed", "guidance", "steps", "scheduler")
+REQUEST_FIELDS = ("prompt", "demos", "demo_texts", "num_images", "seed", "guidance", "demo_guidance", "steps",
+                  "scheduler")
 
 
 def model_signature():
@@ -166,6 +168,7 @@ def model_signature():
                      ColSpec(AnyType(), "num_images", required=False),
                      ColSpec(AnyType(), "seed", required=False),
                      ColSpec(AnyType(), "guidance", required=False),
+                     ColSpec(AnyType(), "demo_guidance", required=False),
                      ColSpec(AnyType(), "steps", required=False),
                      ColSpec(DataType.string, "scheduler", required=False)])
     outputs = Schema([ColSpec(DataType.string, "prompt"), ColSpec(Array(DataType.string), "images")])
