@@ -199,7 +199,9 @@ class DemoAttention(nn.Module):
         # Rows with no present demo would softmax over nothing (NaN); let them attend to
         # everything and zero their contribution below, so they equal the base exactly.
         has_any = token_mask.any(dim=1)
-        attn_mask = (token_mask | ~has_any[:, None])[:, None, None, :]
+        keep = token_mask | ~has_any[:, None]
+        # no mask when every token is attended (the usual case): the fused kernels need none
+        attn_mask = None if bool(keep.all()) else keep[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = self.to_out(out.transpose(1, 2).reshape(n, t, c))
         out = out * has_any.to(out.dtype)[:, None, None]
