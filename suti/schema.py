@@ -165,6 +165,7 @@ class ApprenticeSchema:
     heads: int = MISSING
     demo_timestep: int = MISSING
     gate_init: float = MISSING
+    demo_guidance: Optional[float] = MISSING
     steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING

@@ -247,6 +247,8 @@ def test_separate_demo_guidance(trained):
     cfg, store, row = trained["cfg"], trained["store"], trained["rows"][0]
     app = load_apprentice("lam-none", cfg, store, device="cpu")
     app.model.set_gates(0.5)
+    assert app.defaults["demo_guidance"] == float(cfg.apprentice.demo_guidance)  # the model's own default
+    app.defaults["demo_guidance"] = None  # plain CFG: one scale for text and demos
     demos = [read_rgb(store, k) for k in row["demo_keys"][:3]]
     kw = dict(num_images=2, seed=3, steps=3, guidance=5.0)
     plain = app.generate(demos, row["demo_texts"][:3], "a teddy bear on the beach", **kw)

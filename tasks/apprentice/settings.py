@@ -82,6 +82,7 @@ def apprentice_config(cfg: DictConfig) -> ApprenticeConfig:
 
 def sampling_defaults(cfg: DictConfig) -> dict:
     a = cfg.apprentice
-    return {"guidance": float(a.guidance), "scheduler": str(a.scheduler), "steps": int(a.sample_steps),
+    return {"guidance": float(a.guidance), "demo_guidance": None if a.demo_guidance is None else float(a.demo_guidance),
+            "scheduler": str(a.scheduler), "steps": int(a.sample_steps),
             "num_images": int(a.num_images), "demos": int(a.demos),
             "precision": str(cfg.backbone.sample_precision)}
