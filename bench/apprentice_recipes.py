@@ -48,11 +48,10 @@ def rows_for(store, cfg, own: dict) -> list[dict]:
         return R.cluster_rows(store)
     G = R.load_G(store, lam)
     if own["min_id"] is not None:
-        from suti.models.scorers import Scorers
-        from suti.tasks.filter import with_identity
-
-        sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
-        G = [r for r in with_identity(sc, store, cfg.world.resolution, G) if r["identity"] >= float(own["min_id"])]
+        if any("identity" not in r for r in G):
+            raise SystemExit("min_id: this workdir's filter rows have no `identity` (made before it existed); "
+                             "run `suti filter --force` first")
+        G = [r for r in G if r["identity"] >= float(own["min_id"])]
     return G + R.cluster_rows(store) if own["source"] == "mix" else G
 
 

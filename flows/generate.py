@@ -45,7 +45,7 @@ class GenerateRequest(BaseModel):
     scheduler: str | None = None  # None: apprentice.scheduler
     steps: int | None = None  # None: apprentice.sample_steps
     guidance: float | None = None  # None: apprentice.guidance
-    demo_guidance: float | None = None  # None: eval.demo_guidance's kind of default (one guidance for text + demos)
+    demo_guidance: float | None = None  # None: apprentice.demo_guidance the model was trained with
     model: str | None = None  # None: apprentice.model
     grid: bool = False
 

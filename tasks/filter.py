@@ -38,20 +38,6 @@ def delta_rows(scorers, store, resolution: int, records: list[dict]) -> list[dic
     return rows
 
 
-def with_identity(scorers, store, resolution: int, rows: list[dict]) -> list[dict]:
-    """Rows of an older filter output get their `identity` (the sample vs its cluster's images)."""
-    todo = [r for r in rows if "identity" not in r]
-    by_demos: dict[tuple, list[dict]] = {}
-    for r in todo:
-        by_demos.setdefault(tuple(r["demo_keys"]), []).append(r)
-    for keys, group in by_demos.items():
-        demos = np.stack([read_image(store, k, resolution) for k in keys])
-        samples = np.stack([read_image(store, r["sample_key"], resolution) for r in group])
-        for r, i in zip(group, identity_scores(scorers, samples, [demos] * len(samples))):
-            r["identity"] = float(i)
-    return rows
-
-
 def select(rows: list[dict], lam: float | None) -> list[dict]:
     """G(lambda)."""
     return list(rows) if lam is None else [r for r in rows if r["delta"] > lam]

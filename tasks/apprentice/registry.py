@@ -30,8 +30,8 @@ class ApprenticePyfunc(PythonModel):
     (``dataframe_records`` / ``dataframe_split``), or ``inputs`` as a list of request dicts
     or one dict; ``prompt`` (str) and ``demos`` (list of base64 image files: PNG, JPEG, ...),
     optional ``demo_texts`` (list of str), ``num_images``, ``seed``, ``guidance``,
-    ``demo_guidance`` (a separate scale for the demos), ``steps``, ``scheduler``. Output: a DataFrame with one row per request, ``prompt`` and ``images``
-    (list of base64 PNG strings). A malformed request raises a one-line MlflowException
+    ``demo_guidance`` (a separate scale for the demos), ``steps``, ``scheduler``. Output: a
+    DataFrame with one row per request, ``prompt`` and ``images`` (list of base64 PNG strings). A malformed request raises a one-line MlflowException
     (INVALID_PARAMETER_VALUE: HTTP 400 from the scoring server).
     """
 
