@@ -73,7 +73,7 @@ def val_slots(cfg, store, eval_id: str) -> list[dict]:
     images, slot for slot as that eval scored them (the same cases, prompts and seeds)."""
     import numpy as np
 
-    from suti.flows.eval import _subject_cases
+    from suti.tasks.evaluate import subject_cases
     from suti.models.scorers import Scorers
     from suti.tasks import evaluate as E
 
@@ -81,7 +81,7 @@ def val_slots(cfg, store, eval_id: str) -> list[dict]:
     stored = {r["sid"]: r for r in (store.get_json(k) for k in store.list(f"eval/{eval_id}/subjects/"))}
     if not stored:
         raise SystemExit(f"no stored eval {eval_id!r}: run `suti eval eval.split=val \"eval.methods=[oracle,base]\"`")
-    cases = {c.sid: c for c in _subject_cases(cfg, store, Scorers.load(store, cfg.backbone.clip_config, R), None, "val")}
+    cases = {c.sid: c for c in subject_cases(cfg, store, Scorers.load(store, cfg.backbone.clip_config, R), None, "val")}
     out = []
     for sid, res in sorted(stored.items()):
         if sid not in cases:

@@ -33,37 +33,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dreambench", default=None, help="a real DreamBench folder instead of the world")
 
 
-def split_subjects(store, split: str, limit: int | None = None) -> list[dict]:
-    """The held-out subjects of one split (`val` or `test`), in world order, first `limit`."""
-    from suti.errors import UserError
-
-    idx = store.get_json("world/heldout/index.json")["subjects"]
-    if any("split" not in s for s in idx):
-        raise UserError("the stored world has no val/test split (a world v1): run `suti world --force`")
-    out = [s for s in idx if s["split"] == split]
-    if not out:
-        raise UserError(f"the world has no held-out subject in split {split!r} (world.val_subjects)")
-    return out[:limit] if limit else out
-
-
-def _subject_cases(cfg, store, scorers, limit, split):
-    from suti.world.scene import subject_from_dict
-
-    idx = split_subjects(store, split, limit)
-    truth = {json.loads(x)["id"]: subject_from_dict(json.loads(x))
-             for x in store.get_bytes("world/truth/heldout.jsonl").decode().splitlines()}
-    R = cfg.world.resolution
-    cases = []
-    for s in idx:
-        keys = [f"world/{k}" for k in s["demos"]]
-        demos = np.stack([E.load_png(store.get_bytes(k), R) for k in keys])
-        labels = scorers.labels(demos)
-        described = E.described_subject(labels, s["id"], s["class"])
-        texts = scorers.caption(demos)
-        cases.append(E.SubjectCase(s["id"], s["class"], demos, keys, texts, described, truth[s["id"]], s["live"]))
-    return cases
-
-
 @task(name="eval-subject", task_run_name="eval-{case.sid}", cache_policy=NO_CACHE)
 def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
     """All methods on one subject: images, scores, records, K-shot and v2 levels."""
@@ -305,7 +274,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
                "clip": getattr(backbone, "clip", None) or load_clip(cfg, store),
                "base_state": load_state(store, K.BASE), "methods": list(settings["methods"]),
                "expert_id": f"experts-{E.settings_digest(E.expert_settings(cfg, store))}", "reimagen": reimagen}
-        cases = _subject_cases(cfg, store, sc, limit, split)
+        cases = E.subject_cases(cfg, store, sc, limit, split)
         lg.info(f"evaluating {len(cases)} held-out subjects x 25 prompts x {cfg.eval.images_per_prompt} images, "
                 f"methods {ctx['methods']} (eval id {eval_id})")
         results = []

@@ -6,6 +6,9 @@
 
 Reruns reuse a finished run (same steps and rows) and resume an interrupted one from its
 last checkpoint in the store (`apprentice/<run>/last.ckpt`); `--force` starts over.
+Then the val check (`apprentice.val_check_subjects` val subjects, never test): val identity,
+overall and gap closed against the base and the experts, and a grid demos | apprentice |
+expert, logged to the training run (`val.*` metrics, `examples/val_grid.png`).
 Multi-device runs (`apprentice.devices=4 apprentice.strategy=ddp`) train in a subprocess
 (Lightning relaunches its entry script for DDP). Report: `reports/train.json`.
 """
@@ -19,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from suti.flows.common import image_markdown, logger, prepare, write_report
 from suti.tasks import apprentice as A
-from suti.tracking import lambda_params, log_dataset, log_metrics, mlflow_run
+from suti.tracking import lambda_params, log_bytes, log_dataset, log_metrics, mlflow_run
 
 LAM_FROM_CONFIG = "config"
 
@@ -81,6 +84,23 @@ def register_task(cfg, store, run_name: str, run_id: str, tags: dict) -> dict:
     return A.register_candidate(cfg, store, run_name, run_id, tags)
 
 
+@task(name="val-check", task_run_name="val check of {run_name}: {subjects} val subjects x {prompts} prompts",
+      cache_policy=NO_CACHE)
+def val_check_task(cfg, store, run_name: str, run_id: str, subjects: int, prompts: int) -> dict | None:
+    """The trained model on a few val subjects (identity, overall, gap closed; a grid demos |
+    apprentice | expert), logged to its training run."""
+    from suti.tasks.apprentice.valcheck import val_check
+
+    res = val_check(cfg, store, A.load_apprentice(run_name, cfg, store), subjects, prompts)
+    if not res:
+        return None
+    grid = res.pop("_grid")
+    store.put_bytes(f"apprentice/{run_name}/val_grid.png", grid)
+    log_metrics(run_id, {k: v for k, v in res.items() if isinstance(v, (int, float))})
+    log_bytes(run_id, grid, "examples", "val_grid.png")
+    return {**res, "grid": store.url(f"apprentice/{run_name}/val_grid.png")}
+
+
 @flow(name="train", flow_run_name="train apprentice lambda={lam}", log_prints=True)
 def train_flow(overrides: list[str] | None = None, force: bool = False, lam: float | str | None = None,
                run_name: str | None = None, parent_run_id: str | None = None, source: str = "G") -> dict:
@@ -111,10 +131,12 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
         log_metrics(rid, {"G.size": len(rows), "G.clusters": len({r.get("cluster_id") for r in rows})})
         log_dataset(rid, rows, lam, digest, source=store.url("mine" if reimagen else "filter"))
         record = train_task(cfg, store, rows, lam, name, rid, force, source)
+        n_val = int(cfg.apprentice.val_check_subjects)
+        val = val_check_task(cfg, store, name, rid, n_val, int(cfg.apprentice.val_check_prompts)) if n_val else None
         registered = register_task(cfg, store, name, rid, {**tags, "steps": record["steps"], "rows": len(rows)}) \
             if cfg.apprentice.register else None
         report = {"run_name": name, "source": source, "lambda": lam, "rows": len(rows), "mlflow_run_id": rid,
-                  "registered": registered,
+                  "registered": registered, "val_check": val,
                   "profile": cfg.profile_name, "wall_seconds": round(time.time() - t0, 1),
                   **{k: v for k, v in record.items() if k not in ("rows",)}}
     path = write_report(cfg, "reimagen" if reimagen else "train", report)
@@ -126,11 +148,20 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
         f"| final loss | {report['loss']:.4f} |",
         f"| parameters base / added (ratio) | {ov['base']:,} / {ov['added']:,} ({ov['ratio']:.3f}) |",
         f"| registered | {registered['uri'] + ' v' + str(registered['version']) if registered else '-'} |",
-        f"| samples | {report['samples']} |", "",
+        f"| samples | {report['samples']} |",
+        *([f"| val identity / overall / gap closed ({val['val.subjects']} subjects) | "
+           f"{val['val.apprentice.identity']:.3f} / {val['val.apprentice.overall']:.3f} / "
+           f"{val['val.gap_closed'] if val['val.gap_closed'] is None else round(val['val.gap_closed'], 3)} |"]
+          if val else []), "",
         image_markdown(store.get_bytes(f"apprentice/{name}/samples.png"), "demos | generated, one row per example",
-                       report["samples"])]))
+                       report["samples"]),
+        *([image_markdown(store.get_bytes(f"apprentice/{name}/val_grid.png"),
+                          "val subjects: demos | apprentice | expert per prompt", val["grid"])] if val else [])]))
     lg.info(f"apprentice {name}: {report['steps']} steps, loss {report['loss']:.4f}, +{ov['added']:,} parameters "
             f"({100 * ov['ratio']:.1f}% of the base UNet)"
             + (f", registered {registered['uri']} (version {registered['version']})" if registered else "")
+            + (f"; val ({val['val.subjects']} subjects): identity {val['val.apprentice.identity']:.3f} "
+               f"(base {val['val.base.identity']:.3f}, expert {val['val.expert.identity']:.3f}), overall "
+               f"{val['val.apprentice.overall']:.3f}" if val else "")
             + f"; report {path}")
     return report

@@ -121,6 +121,8 @@ def validate(cfg: DictConfig) -> None:
     _num(cfg, "apprentice.guidance", 0)
     _num(cfg, "eval.demo_guidance", 0, 100)
     _num(cfg, "apprentice.demo_guidance", 0, 100)
+    _num(cfg, "apprentice.val_check_subjects", 0, None, True)
+    _num(cfg, "apprentice.val_check_prompts", 1, 25, True)
     _num(cfg, "filter.lambda_", -1, 1)
     for v in cfg.filter.sweep:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):

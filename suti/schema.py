@@ -184,6 +184,8 @@ class ApprenticeSchema:
     checkpoint_every: int = MISSING
     log_every: int = MISSING
     grid_rows: int = MISSING
+    val_check_subjects: int = MISSING
+    val_check_prompts: int = MISSING
     run_name: Optional[str] = MISSING
     register: bool = MISSING
     model_name: str = MISSING

@@ -220,6 +220,39 @@ class SubjectCase:
     bytes: dict = field(default_factory=dict)
 
 
+def split_subjects(store, split: str, limit: int | None = None) -> list[dict]:
+    """The held-out subjects of one split (`val` or `test`), in world order, first `limit`."""
+    from suti.errors import UserError
+
+    idx = store.get_json("world/heldout/index.json")["subjects"]
+    if any("split" not in s for s in idx):
+        raise UserError("the stored world has no val/test split (a world v1): run `suti world --force`")
+    out = [s for s in idx if s["split"] == split]
+    if not out:
+        raise UserError(f"the world has no held-out subject in split {split!r} (world.val_subjects)")
+    return out[:limit] if limit else out
+
+
+def subject_cases(cfg, store, scorers, limit: int | None, split: str) -> list["SubjectCase"]:
+    """The split's held-out subjects as evaluation cases: demos, the captioner's texts and the
+    subject it describes (what every method's prompt names), and the truth (the oracle's renders)."""
+    from suti.world.scene import subject_from_dict
+
+    idx = split_subjects(store, split, limit)
+    truth = {json.loads(x)["id"]: subject_from_dict(json.loads(x))
+             for x in store.get_bytes("world/truth/heldout.jsonl").decode().splitlines()}
+    R = cfg.world.resolution
+    cases = []
+    for s in idx:
+        keys = [f"world/{k}" for k in s["demos"]]
+        demos = np.stack([load_png(store.get_bytes(k), R) for k in keys])
+        labels = scorers.labels(demos)
+        described = described_subject(labels, s["id"], s["class"])
+        texts = scorers.caption(demos)
+        cases.append(SubjectCase(s["id"], s["class"], demos, keys, texts, described, truth[s["id"]], s["live"]))
+    return cases
+
+
 def seeds_for(case: SubjectCase, n_prompts: int, seed: int) -> list[int]:
     return [stable_seed("eval", case.sid, j, seed) % (2 ** 31) for j in range(n_prompts)]
 

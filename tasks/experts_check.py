@@ -33,11 +33,13 @@ def class_prompt(subject, p: dict) -> str:
                    p.get("view") or "front", tuple(p.get("accessories") or ()), p.get("style") or "photo")
 
 
-def check_experts(cfg, store, n_clusters: int = 30) -> dict:
+def check_experts(cfg, store, n_clusters: int = 30, root: str = "experts") -> dict:
+    """Identity gap closed, text and overall of the first `n_clusters` current experts under
+    `root` against the base model (class-word prompt, same seeds) and real renders."""
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
     labels, subjects = truth_subjects(store)
     R = cfg.world.resolution
-    recs = current_experts(cfg, store)[:n_clusters]
+    recs = current_experts(cfg, store, root)[:n_clusters]
     if not recs:
         return {"clusters": 0}
     base = load_base_unet(cfg, store)

@@ -168,7 +168,21 @@ def test_training_run_saved_checkpoint_model_and_metrics(trained):
     assert [m.step for m in losses] == [1, 2, 3, 4] and all(np.isfinite(m.value) for m in losses)
     assert client.get_metric_history(run.info.run_id, "apprentice.steps_per_sec")
     assert run.data.metrics["apprentice.params_ratio"] == pytest.approx(ov["ratio"])
-    assert "apprentice_samples.png" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "examples")}
+    examples = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "examples")}
+    assert {"apprentice_samples.png", "val_grid.png"} <= examples
+    # G's lambda and size, and the val check: val subjects only, every row scored, a grid
+    assert run.data.metrics["G.size"] == len(trained["rows"]) and "lambda" in " ".join(run.data.params)
+    val = report["val_check"]
+    idx = store.get_json("world/heldout/index.json")["subjects"]
+    val_ids = [s["id"] for s in idx if s["split"] == "val"]
+    assert val["subject_ids"] == val_ids[:1] and val["val.subjects"] == 1 and val["val.prompts"] == 2
+    for m in ("oracle", "base", "expert", "apprentice"):
+        assert -1.0 <= run.data.metrics[f"val.{m}.identity"] <= 1.0
+        assert 0.0 <= run.data.metrics[f"val.{m}.overall"] <= 1.0
+    assert run.data.metrics["val.oracle.identity"] > run.data.metrics["val.base.identity"]
+    assert run.data.metrics["val.gap_closed"] == pytest.approx(val["val.gap_closed"])
+    vg = Image.open(store.local_path(f"{prefix}/val_grid.png"))
+    assert vg.size[0] > vg.size[1] > 0  # 1 row: 3 demos + (apprentice, expert) x 2 prompts
 
 
 def test_registered_candidate_loads_and_generates(trained):

@@ -8,6 +8,7 @@ concern per module (the inference pipeline itself is :mod:`suti.models.pipeline`
     training  fit and resume, export, multi-device subprocess, Dream-SuTI
     registry  the pyfunc, registration, and one resolver for models:/, runs:/, folders, store runs
     files     local cache folders and folder copies to and from the store
+    valcheck  a few val subjects scored after training (identity, overall, gap closed, a grid)
 
 Plain functions and classes; the Prefect flows (`flows/train.py`, `flows/generate.py`,
 `flows/dreamsuti.py`) only wire them. Written once for every backbone
