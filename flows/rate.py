@@ -81,11 +81,13 @@ def serve(store, eval_id: str, wd: Path, raters: list[str] | None = None, host: 
         print(f"warning: listening on {host}: anyone who can reach it and has a link can rate (plain HTTP)",
               file=sys.stderr)
     main = threading.current_thread() is threading.main_thread()
-    old = None
+    old = {}
     if main:  # SIGTERM ends as cleanly as Ctrl-C
         def on_term(signum, frame):
             raise KeyboardInterrupt
-        old = signal.signal(signal.SIGTERM, on_term)
+        # SIGINT too: a process started in the background by a non-interactive shell (`cmd &`,
+        # as CI and nohup do) inherits SIGINT ignored, and Python then installs no Ctrl-C handler
+        old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     # Serving and the cleanup are in place before the links are printed: a rater (or a
     # test) that opens a link and presses Ctrl-C at once always gets the clean stop.
     try:
@@ -99,8 +101,8 @@ def serve(store, eval_id: str, wd: Path, raters: list[str] | None = None, host: 
         pass
     finally:
         server.shutdown()
-        if main:
-            signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     rows = db.rows()
     print(f"stopped; {len(rows)} answers from {len({r['rater'] for r in rows})} rater(s) in {db.path}", file=out, flush=True)
     return 0
