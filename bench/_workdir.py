@@ -15,15 +15,33 @@ def open_workdir(workdir: str, profile: str = "default"):
     return cfg, open_store(str(cfg.storage.uri))
 
 
+def parse_recipe(recipe: str) -> dict:
+    """"k=v,k=v" -> {k: value}, values read as YAML (and 1e-4, a string to YAML 1.1, as a number)."""
+    import yaml
+
+    over = {}
+    for kv in filter(None, recipe.split(",")):
+        if "=" not in kv:
+            raise SystemExit(f"recipe item {kv!r} is not key=value")
+        k, v = kv.split("=", 1)
+        val = yaml.safe_load(v)
+        if isinstance(val, str):
+            try:
+                val = float(val)
+            except ValueError:
+                pass
+        over[k.strip()] = val
+    return over
+
+
 def train_recipe(cfg, model: str, recipe: str, train_fn, images, scenes):
     """Train `model` (a `foundation` group) with `recipe` ("k=v,k=v" overrides) into a new
     temporary store: (overrides, merged config, store, train seconds)."""
-    import yaml
     from omegaconf import OmegaConf
 
     from suti.store import open_store
 
-    over = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in recipe.split(",") if kv)}
+    over = parse_recipe(recipe)
     rcfg = OmegaConf.merge(cfg, {"foundation": {model: over}})
     tmp = open_store(f"file://{tempfile.mkdtemp(prefix=f'bench-{model}-')}")
     t0 = time.time()

@@ -29,24 +29,6 @@ import platform
 import sys
 import time
 
-import yaml
-
-
-def parse_recipe(text: str) -> dict:
-    over = {}
-    for kv in filter(None, text.split(",")):
-        if "=" not in kv:
-            raise SystemExit(f"recipe item {kv!r} is not key=value")
-        k, v = kv.split("=", 1)
-        val = yaml.safe_load(v)
-        if isinstance(val, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                val = float(val)
-            except ValueError:
-                pass
-        over[k.strip()] = val
-    return over
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -58,23 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.recipe:
         raise SystemExit("give at least one --recipe")
-    recipes = [parse_recipe(r) for r in args.recipe]
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _workdir import open_workdir
+    from _workdir import open_workdir, parse_recipe
     from omegaconf import OmegaConf
 
     from suti.config import setup_env
+    from suti.errors import UserError
+    from suti.flows.stages import require
     from suti.store import digest
     from suti.tasks.experts import RECIPE_KEYS, expert_specs
 
+    recipes = [parse_recipe(r) for r in args.recipe]
     cfg0, store = open_workdir(args.workdir, args.profile)
     for over in recipes:
         bad = sorted(set(over) - set(cfg0.expert))
         if bad:
             raise SystemExit(f"unknown expert key(s) {bad}; known: {sorted(cfg0.expert)}")
-    if not store.exists("mine/_DONE.json"):
-        raise SystemExit(f"{args.workdir}: mining has not finished; run `suti mine` first")
+    try:
+        require("mine", cfg0, store, by="experts")  # what the experts stage itself requires
+    except UserError as e:
+        raise SystemExit(str(e)) from None
     setup_env(cfg0)
     from suti.flows.experts import run_specs
     from suti.tasks.experts_check import check_experts

@@ -86,19 +86,16 @@ def register_task(cfg, store, run_name: str, run_id: str, tags: dict) -> dict:
 
 @task(name="val-check", task_run_name="val check of {run_name}: {subjects} val subjects x {prompts} prompts",
       cache_policy=NO_CACHE)
-def val_check_task(cfg, store, run_name: str, run_id: str, subjects: int, prompts: int) -> dict | None:
+def val_check_task(cfg, store, run_name: str, run_id: str, subjects: int, prompts: int) -> dict:
     """The trained model on a few val subjects (identity, overall, gap closed; a grid demos |
     apprentice | expert), logged to its training run."""
     from suti.tasks.apprentice.valcheck import val_check
 
     res = val_check(cfg, store, A.load_apprentice(run_name, cfg, store), subjects, prompts)
-    if not res:
-        return None
-    grid = res.pop("_grid")
-    store.put_bytes(f"apprentice/{run_name}/val_grid.png", grid)
+    store.put_bytes(f"apprentice/{run_name}/val_grid.png", res["_grid"])
     log_metrics(run_id, {k: v for k, v in res.items() if isinstance(v, (int, float))})
-    log_bytes(run_id, grid, "examples", "val_grid.png")
-    return {**res, "grid": store.url(f"apprentice/{run_name}/val_grid.png")}
+    log_bytes(run_id, res["_grid"], "examples", "val_grid.png")
+    return {**res, "grid": store.url(f"apprentice/{run_name}/val_grid.png")}  # `_grid`: the PNG, left out of reports
 
 
 @flow(name="train", flow_run_name="train apprentice lambda={lam}", log_prints=True)
@@ -133,6 +130,7 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
         record = train_task(cfg, store, rows, lam, name, rid, force, source)
         n_val = int(cfg.apprentice.val_check_subjects)
         val = val_check_task(cfg, store, name, rid, n_val, int(cfg.apprentice.val_check_prompts)) if n_val else None
+        val_grid = val.pop("_grid") if val else None
         registered = register_task(cfg, store, name, rid, {**tags, "steps": record["steps"], "rows": len(rows)}) \
             if cfg.apprentice.register else None
         report = {"run_name": name, "source": source, "lambda": lam, "rows": len(rows), "mlflow_run_id": rid,
@@ -155,8 +153,8 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
           if val else []), "",
         image_markdown(store.get_bytes(f"apprentice/{name}/samples.png"), "demos | generated, one row per example",
                        report["samples"]),
-        *([image_markdown(store.get_bytes(f"apprentice/{name}/val_grid.png"),
-                          "val subjects: demos | apprentice | expert per prompt", val["grid"])] if val else [])]))
+        *([image_markdown(val_grid, "val subjects: demos | apprentice | expert per prompt", val["grid"])]
+          if val else [])]))
     lg.info(f"apprentice {name}: {report['steps']} steps, loss {report['loss']:.4f}, +{ov['added']:,} parameters "
             f"({100 * ov['ratio']:.1f}% of the base UNet)"
             + (f", registered {registered['uri']} (version {registered['version']})" if registered else "")

@@ -27,20 +27,18 @@ def val_check(cfg, store, app, subjects: int, prompts: int) -> dict:
     """Figures (``val.<method>.<score>``, ``val.gap_closed``...) and ``_grid`` (PNG bytes)."""
     from suti.models.backbone import load_backbone
     from suti.models.scorers import Scorers, load_state
+    from suti.tasks.foundation import load_clip
     from suti.world.render import labelled_grid
 
     t0 = time.time()
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
-    cases = E.subject_cases(cfg, store, sc, subjects, "val")
+    cases = E.subject_cases(cfg, store, sc, subjects, "val")  # never empty: an empty split is a UserError
     backbone = load_backbone(cfg, store)
-    from suti.tasks.foundation import load_clip
-
     clip, base_state = getattr(backbone, "clip", None) or load_clip(cfg, store), load_state(store, K.BASE)
     root = f"eval/experts-{E.settings_digest(E.expert_settings(cfg, store))}/val-check-experts"
     R, k = cfg.world.resolution, int(cfg.apprentice.demos)
-    if not cases:
-        return {}
     n_demos = min(3, min(len(c.demos) for c in cases))
+    shown = min(2, prompts)  # grid: the first prompts, apprentice beside expert
     parts = {m: [] for m in METHODS}
     ims, row_labels = [], []
     for i, case in enumerate(cases):
@@ -52,7 +50,6 @@ def val_check(cfg, store, app, subjects: int, prompts: int) -> dict:
                   "apprentice": E.apprentice_images(app, case, recs, 1, seeds, cfg, k=k)}
         for m, x in images.items():
             parts[m].append(E.score(sc, store, x, recs, [case.demos] * len(recs)))
-        shown = min(2, len(recs))
         ims += list(case.demos[:n_demos]) + [images[m][j] for j in range(shown) for m in ("apprentice", "expert")]
         row_labels.append(f"{case.sid} {case.word}")
         log.info(f"val check: subject {i + 1}/{len(cases)} ({case.sid}) scored")
@@ -65,8 +62,8 @@ def val_check(cfg, store, app, subjects: int, prompts: int) -> dict:
     out = {f"val.{m}.{s}": v for m, d in means.items() for s, v in d.items() if v is not None}
     out.update({"val.gap_closed": closed("apprentice"), "val.expert_gap_closed": closed("expert"),
                 "val.subjects": len(cases), "val.prompts": prompts, "val.seconds": round(time.time() - t0, 1)})
-    cols = [f"demo {d + 1}" for d in range(n_demos)] + [f"{m} p{j + 1}" for j in range(min(2, prompts))
-                                             for m in ("apprentice", "expert")]
+    cols = [f"demo {d + 1}" for d in range(n_demos)] + [f"{m} p{j + 1}" for j in range(shown)
+                                                         for m in ("apprentice", "expert")]
     buf = io.BytesIO()
     labelled_grid(ims, len(cols), cols, row_labels, scale=3).save(buf, format="PNG")
     out["_grid"] = buf.getvalue()
