@@ -39,6 +39,7 @@ class ToyRecipe:
     demos: int = 3
     batch: int = 16
     gate_init: float = 0.0
+    out_init: str = "random"
     demo_sites: str = "down_up"
     guidance: float = 3.0
     seed: int = 0
@@ -129,7 +130,8 @@ def train_apprentice(rec: ToyRecipe, base, text: torch.Tensor):
     from suti.models.apprentice import ApprenticeConfig, ApprenticeUNet
     from suti.models.diffusion import diffusion_loss
 
-    app = ApprenticeUNet(copy.deepcopy(base), ApprenticeConfig(demo_sites=rec.demo_sites, gate_init=rec.gate_init))
+    app = ApprenticeUNet(copy.deepcopy(base), ApprenticeConfig(demo_sites=rec.demo_sites, gate_init=rec.gate_init,
+                                                                   out_init=rec.out_init))
     app.freeze_base(not rec.train_base)
     groups = [{"params": list(app.demo_parameters()), "lr": rec.lr}]
     if rec.train_base:

@@ -117,6 +117,7 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
     if reimagen:
         with open_dict(cfg):
             cfg.apprentice.model_name = str(cfg.reimagen.model_name)
+            cfg.apprentice.init_from = None  # the baseline never starts from a trained apprentice
     t0 = time.time()
     rows = load_rows(store, lam, source)
     what = "raw clusters (Re-Imagen)" if reimagen else f"G(lambda={lam})"

@@ -42,8 +42,18 @@ class ApprenticeConfig:
     heads: int = 4  # attention heads per demo layer (reduced to the largest divisor of the site's channels if needed)
     demo_timestep: int = 0  # fixed diffusion timestep used to embed time while encoding (clean) demos
     gate_init: float = 0.0  # initial gate value; 0 makes the apprentice start exactly as the base UNet
+    # "random": default Linear init of the output projection (the gate alone makes a fresh
+    # apprentice equal the base, and only the gates get a gradient at step 0); "zero": the
+    # output projection starts at 0 (as ControlNet's zero convolutions), so with a non-zero
+    # gate the fresh apprentice still equals the base and every output weight learns at once
+    out_init: str = "random"
 
     def __post_init__(self) -> None:
+        if self.out_init not in ("random", "zero"):
+            raise ValueError(f"out_init must be 'random' or 'zero', got {self.out_init!r}")
+        if self.out_init == "zero" and self.gate_init == 0.0:
+            raise ValueError("out_init 'zero' with gate_init 0 gives the demo layers no gradient at all: "
+                             "set gate_init (e.g. 1.0)")
         if self.demo_sites not in _DEMO_SITES:
             raise ValueError(f"demo_sites must be one of {_DEMO_SITES}, got {self.demo_sites!r}")
         if self.heads < 1:
@@ -161,7 +171,8 @@ class DemoAttention(nn.Module):
     down-stack features of the same resolution).
     """
 
-    def __init__(self, channels: int, demo_channels: int, heads: int, gate_init: float = 0.0):
+    def __init__(self, channels: int, demo_channels: int, heads: int, gate_init: float = 0.0,
+                 zero_out: bool = False):
         super().__init__()
         # Largest head count <= heads that divides the channels, so any backbone works.
         heads = max(h for h in range(1, min(heads, channels) + 1) if channels % h == 0)
@@ -175,6 +186,9 @@ class DemoAttention(nn.Module):
         self.to_k = nn.Linear(channels, channels, bias=False)
         self.to_v = nn.Linear(channels, channels, bias=False)
         self.to_out = nn.Linear(channels, channels)
+        if zero_out:
+            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(self.to_out.bias)
         self.gate = nn.Parameter(torch.full((1,), float(gate_init)))
 
     def project_demo(self, demo: torch.Tensor) -> torch.Tensor:
@@ -299,6 +313,7 @@ class ApprenticeUNet(nn.Module):
                     _module_channels(self.sources[self.site_source[site]]),
                     self.config.heads,
                     self.config.gate_init,
+                    zero_out=self.config.out_init == "zero",
                 )
                 for site, module in self.sites.items()
             }

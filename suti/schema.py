@@ -165,6 +165,8 @@ class ApprenticeSchema:
     heads: int = MISSING
     demo_timestep: int = MISSING
     gate_init: float = MISSING
+    out_init: str = MISSING
+    init_from: Optional[str] = MISSING
     demo_guidance: Optional[float] = MISSING
     steps: int = MISSING
     batch_size: int = MISSING

@@ -389,6 +389,35 @@ def test_forward_backward(backbone, freeze):
     assert any(not torch.equal(b, p) for b, p in zip(before, app.demo_parameters()))
 
 
+def test_zero_out_init_equals_base_and_trains_every_output_weight_at_once(pixel):
+    """out_init=zero (ControlNet-style): open gates, zero output projection: the fresh
+    apprentice is still the base, and at step 0 the output projections (not only the gates)
+    get a gradient; after one step the demos change the output."""
+    app = make_apprentice(pixel, gate_init=1.0, out_init="zero").train()
+    app.freeze_base(True)
+    sample, t, text, demo_images, demo_text = request_inputs(pixel, 2, 3)
+    with torch.no_grad():
+        out = app(sample, t, text, app.encode_demos(demo_images, demo_text))
+        assert torch.allclose(out, base_out(app, sample, t, text), atol=ATOL)
+    noise = torch.randn_like(sample)
+    loss = torch.nn.functional.mse_loss(app(sample, t, text, app.encode_demos(demo_images, demo_text)), noise)
+    loss.backward()
+    for layer in app.demo_layers.values():
+        assert layer.to_out.weight.grad is not None and layer.to_out.weight.grad.abs().sum() > 0
+    torch.optim.SGD(app.demo_parameters(), lr=1.0).step()
+    with torch.no_grad():
+        own = app(sample, t, text, app.encode_demos(demo_images, demo_text))
+        other = app(sample, t, text, app.encode_demos(demo_images.flip(0), demo_text.flip(0)))
+    assert (own - other).abs().max() > 1e-4
+
+
+def test_apprentice_config_rejects_bad_out_init():
+    with pytest.raises(ValueError, match="out_init"):
+        ApprenticeConfig(out_init="ones")
+    with pytest.raises(ValueError, match="gate_init"):
+        ApprenticeConfig(out_init="zero", gate_init=0.0)
+
+
 # ---------------------------------------------------------------------------- persistence
 def test_state_dict_round_trip(backbone):
     app = make_apprentice(backbone)

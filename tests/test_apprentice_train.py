@@ -315,6 +315,35 @@ def test_changed_recipe_retrains(trained):
     assert not train_apprentice(demos3, store, rows, "recipe-check").get("reused")
 
 
+def test_warm_start_from_a_trained_apprentice(trained):
+    """apprentice.init_from: the run starts from another apprentice's weights (its demo
+    layers, gates included), its fingerprint keys the recipe, and bad starts fail in one line."""
+    from omegaconf import OmegaConf
+
+    from suti.errors import UserError
+    from suti.tasks.apprentice import load_apprentice, load_G, train_apprentice
+
+    cfg, store = trained["cfg"], trained["store"]
+    rows = load_G(store, None)
+    start = load_apprentice("lam-none", cfg, store, device="cpu")
+    zero = OmegaConf.merge(cfg, {"apprentice": {"steps": 0, "init_from": "lam-none"}})
+    rec = train_apprentice(zero, store, rows, "warm-check")
+    warm = load_apprentice("warm-check", cfg, store, device="cpu")
+    assert warm.meta["init_from"] == "lam-none"
+    for k, v in start.model.apprentice_state_dict().items():  # 0 steps: exactly the start's demo layers
+        assert torch.equal(warm.model.apprentice_state_dict()[k], v), k
+    cold = train_apprentice(OmegaConf.merge(cfg, {"apprentice": {"steps": 0}}), store, rows, "cold-check")
+    assert cold["recipe"] != rec["recipe"]  # the start model is part of the recipe
+    assert train_apprentice(zero, store, rows, "warm-check")["reused"]
+    with pytest.raises(UserError, match="is the run being trained"):
+        train_apprentice(OmegaConf.merge(cfg, {"apprentice": {"init_from": "warm-check"}}), store, rows, "warm-check")
+    with pytest.raises(UserError, match="no apprentice model"):
+        train_apprentice(OmegaConf.merge(cfg, {"apprentice": {"init_from": "nope"}}), store, rows, "warm-check2")
+    other = OmegaConf.merge(zero, {"apprentice": {"demo_sites": "down_up_mid"}})
+    with pytest.raises(UserError, match="demo_sites"):
+        train_apprentice(other, store, rows, "warm-check3")
+
+
 def test_dreamsuti_finetunes_on_one_subject(trained):
     from suti.tasks.apprentice import dreamsuti, load_apprentice
     from omegaconf import OmegaConf

@@ -74,8 +74,8 @@ def apprentice_config(cfg: DictConfig) -> ApprenticeConfig:
     from suti.config import ConfigError
 
     try:
-        return ApprenticeConfig(demo_sites=str(a.get("demo_sites", "down_up")), heads=int(a.get("heads", 4)),
-                                demo_timestep=int(a.get("demo_timestep", 0)), gate_init=float(a.gate_init))
+        return ApprenticeConfig(demo_sites=str(a.demo_sites), heads=int(a.heads), demo_timestep=int(a.demo_timestep),
+                                gate_init=float(a.gate_init), out_init=str(a.out_init))
     except ValueError as e:
         raise ConfigError(f"apprentice: {e}") from None
 

@@ -106,7 +106,8 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
         force = False
     elif force:
         store.delete(prefix)
-    recipe = train_recipe(cfg, store, settings, digest)
+    warm = _warm_start(cfg, store, run_name)
+    recipe = train_recipe(cfg, store, settings, digest, start=warm["fingerprint"] if warm else None)
     meta = store.done_meta(prefix)
     if meta is not None and meta.get("recipe") == recipe:
         log.info(f"{prefix}: finished earlier ({meta['steps']} steps, same recipe), reusing it")
@@ -124,6 +125,9 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
     backbone = load_backbone(cfg, store)
     torch.manual_seed(settings.seed)  # the new layers' initialisation
     app = ApprenticeUNet(backbone.unet, apprentice_config(cfg))
+    if warm:
+        app.load_state_dict(warm["state"])
+        log.info(f"{prefix}: warm start from {warm['source']} (its base UNet and demo layers)")
     images = ImageSource(store, backbone.resolution)
     fit = fit_apprentice(backbone, app, rows, images, settings, store, prefix, cache_dir(cfg, run_name), run_id,
                          {"rows_digest": digest, "recipe": recipe})
@@ -131,7 +135,8 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
         return {}
     apprentice = Apprentice(backbone, app, sampling_defaults(cfg),
                             {"run_name": run_name, "rows": len(rows), "subjects": _subjects(rows), "steps": fit["steps"],
-                             "train_base": settings.train_base, "backbone": backbone.describe()})
+                             "train_base": settings.train_base or bool(warm and warm["train_base"]),
+                             "init_from": warm["source"] if warm else None, "backbone": backbone.describe()})
     apprentice.to(default_device())
     record = _finish_run(cfg, store, apprentice, rows, images, prefix, run_id, fit,
                          {"rows": len(rows), "subjects": _subjects(rows), "rows_digest": digest, "recipe": recipe,
@@ -139,6 +144,36 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
     record["seconds"] = round(time.time() - t0, 1)
     store.mark_done(prefix, record)
     return record
+
+
+def _warm_start(cfg: DictConfig, store, run_name: str) -> dict | None:
+    """``apprentice.init_from``: the trained apprentice this run starts from (its whole state:
+    base UNet and demo layers), with its content fingerprint (part of the recipe, so another
+    start model trains anew). None when unset. A one-line UserError when it names no model,
+    names this very run, or has another demo-attention architecture or base."""
+    from suti.errors import UserError
+    from suti.tasks.apprentice.registry import load_apprentice
+    from suti.tasks.evaluate import model_fingerprint
+
+    source = cfg.apprentice.init_from
+    if source is None or not str(source).strip():
+        return None
+    source = str(source).strip()
+    if source == run_name:
+        raise UserError(f"apprentice.init_from={source!r} is the run being trained: name another model")
+    start = load_apprentice(source, cfg, store, device="cpu")
+    mine, theirs = apprentice_config(cfg), start.model.config
+    for key in ("demo_sites", "heads", "demo_timestep"):
+        if getattr(mine, key) != getattr(theirs, key):
+            raise UserError(f"apprentice.init_from={source}: its {key} is {getattr(theirs, key)!r}, this config's "
+                            f"{getattr(mine, key)!r}; warm start needs the same demo-attention architecture")
+    state = start.model.state_dict()
+    fresh = ApprenticeUNet(load_backbone(cfg, store).unet, mine).state_dict()
+    shapes = {k: tuple(v.shape) for k, v in fresh.items()}
+    if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+        raise UserError(f"apprentice.init_from={source}: its UNet is not this config's backbone (other shapes)")
+    return {"source": source, "state": state, "fingerprint": model_fingerprint(start),
+            "train_base": bool(start.meta.get("train_base", False))}
 
 
 def _subjects(rows: Sequence[dict]) -> int:
