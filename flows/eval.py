@@ -326,8 +326,10 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
     path = write_report(cfg, f"eval{suffix}", report)
     app_rep = apprentice_report(agg, app.model.param_overhead() if app is not None else None)
     # what the evaluated apprentice learnt from (its export's meta; older exports: None)
-    app_rep["subjects_in_G"] = app.meta.get("subjects") if app is not None else None
-    app_rep["triples_in_G"] = app.meta.get("rows") if app is not None else None
+    # (a mixed run's meta counts G apart from the raw-cluster rows; older exports only in all)
+    meta = app.meta if app is not None else {}
+    app_rep["subjects_in_G"] = meta.get("subjects_G", meta.get("subjects"))
+    app_rep["triples_in_G"] = meta.get("rows_G", meta.get("rows"))
     write_report(cfg, f"apprentice{suffix}", {**app_rep, "split": split, "subject_ids": report["subject_ids"],
                                               "eval_id": eval_id, "model": model, "model_version": version,
                                               "subjects": len(cases),

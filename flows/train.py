@@ -20,6 +20,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from suti.config import ConfigError
 from suti.flows.common import image_markdown, logger, prepare, write_report
 from suti.tasks import apprentice as A
 from suti.tracking import lambda_params, log_bytes, log_dataset, log_metrics, mlflow_run
@@ -43,9 +44,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lam", default=LAM_FROM_CONFIG, metavar="LAMBDA", type=_lam_arg,
                         help="train on G(lambda): rows with delta > LAMBDA; 'none' = every row "
                              "(default: filter.lambda_)")
-    parser.add_argument("--source", default="G", choices=list(A.SOURCES),
-                        help="G: the experts' outputs G(lambda) (SuTI, registered as suti-apprentice); clusters: the "
-                             "raw mined clusters, no experts (the Re-Imagen baseline, registered as suti-reimagen)")
+    parser.add_argument("--source", default=None, choices=list(A.SOURCES),
+                        help="G: the experts' outputs G(lambda) (SuTI, registered as suti-apprentice); mix: G(lambda) "
+                             "plus every mined cluster as extra subjects; clusters: the raw mined clusters, no experts "
+                             "(the Re-Imagen baseline, registered as suti-reimagen). Default: apprentice.source")
     parser.add_argument("--run-name", dest="run_name", default=None,
                         help="name of the training run in the store and MLflow (default: lam-<lambda>)")
 
@@ -100,7 +102,7 @@ def val_check_task(cfg, store, run_name: str, run_id: str, subjects: int, prompt
 
 @flow(name="train", flow_run_name="train apprentice lambda={lam}", log_prints=True)
 def train_flow(overrides: list[str] | None = None, force: bool = False, lam: float | str | None = None,
-               run_name: str | None = None, parent_run_id: str | None = None, source: str = "G") -> dict:
+               run_name: str | None = None, parent_run_id: str | None = None, source: str | None = None) -> dict:
     """Train on G(lam) (``lam=None``: every row; ``"config"``: ``filter.lambda_``), register
     ``suti-apprentice`` version with alias ``candidate``, write ``reports/train.json``.
     ``source="clusters"``: the same architecture on the raw mined clusters (Re-Imagen, the
@@ -111,6 +113,11 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
 
     cfg, store = prepare(overrides)
     lg = logger()
+    if source is None:
+        source = str(cfg.apprentice.source)
+        if source not in ("G", "mix"):
+            raise ConfigError(f"apprentice.source must be G or mix, got {source!r} (the raw clusters alone are "
+                              "`suti train --source clusters`, the Re-Imagen baseline)")
     reimagen = source == "clusters"
     lam = None if reimagen else parse_lam(lam, cfg)
     name = run_name or ("reimagen" if reimagen else A.run_name_for(cfg, lam))
@@ -120,7 +127,7 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
             cfg.apprentice.init_from = None  # the baseline never starts from a trained apprentice
     t0 = time.time()
     rows = load_rows(store, lam, source)
-    what = "raw clusters (Re-Imagen)" if reimagen else f"G(lambda={lam})"
+    what = {"clusters": "raw clusters (Re-Imagen)", "mix": f"G(lambda={lam}) + raw clusters"}.get(source, f"G(lambda={lam})")
     lg.info(f"{what}: {len(rows)} training examples from {len({r.get('cluster_id') for r in rows})} clusters")
     digest = A.rows_digest(rows)
     tags = {"lambda": str(lam), "run_name": name, "dataset_digest": digest, "source": source}

@@ -166,6 +166,7 @@ class ApprenticeSchema:
     demo_timestep: int = MISSING
     gate_init: float = MISSING
     out_init: str = MISSING
+    source: str = MISSING
     init_from: Optional[str] = MISSING
     demo_guidance: Optional[float] = MISSING
     steps: int = MISSING

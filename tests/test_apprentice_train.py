@@ -26,7 +26,7 @@ from suti.store import open_store
 
 torch.set_num_threads(2)
 
-TRAIN_OVERRIDES = ("apprentice.steps=4", "apprentice.checkpoint_every=2", "apprentice.log_every=1",
+TRAIN_OVERRIDES = ("apprentice.source=G", "apprentice.steps=4", "apprentice.checkpoint_every=2", "apprentice.log_every=1",
                    "apprentice.sample_steps=2", "apprentice.grid_rows=2", "apprentice.num_images=2")
 
 

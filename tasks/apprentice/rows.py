@@ -20,7 +20,9 @@ log = logging.getLogger("suti.apprentice")
 
 from suti.tasks.filter import load_G  # noqa: F401  (G(lambda) is the filter's; re-exported here)
 
-SOURCES = ("G", "clusters")  # what an apprentice learns from: expert outputs (SuTI) | raw clusters (Re-Imagen)
+# what an apprentice learns from: expert outputs (SuTI) | G plus every mined cluster as extra
+# subjects (real renders as targets) | the raw clusters alone (Re-Imagen)
+SOURCES = ("G", "mix", "clusters")
 
 
 def cluster_rows(store) -> list[dict]:
@@ -42,14 +44,22 @@ def cluster_rows(store) -> list[dict]:
 
 
 def training_rows(store, source: str, lam: float | None) -> list[dict]:
-    """G(lambda) for the apprentice, the raw clusters for Re-Imagen."""
-    if source == "clusters":
-        return cluster_rows(store)
-    if source != "G":
+    """G(lambda) for the apprentice ("G"), G(lambda) plus the raw clusters ("mix"), the raw
+    clusters for Re-Imagen ("clusters")."""
+    if source not in SOURCES:
         from suti.config import ConfigError
 
         raise ConfigError(f"training source must be one of {list(SOURCES)}, got {source!r}")
-    return load_G(store, lam)
+    if source == "clusters":
+        return cluster_rows(store)
+    G = load_G(store, lam)
+    return G + cluster_rows(store) if source == "mix" else G
+
+
+def g_counts(rows: Sequence[dict]) -> tuple[int, int]:
+    """(triples, subjects) of the rows that are expert outputs (G), leaving out raw-cluster rows."""
+    g = [r for r in rows if r.get("source") != "clusters"]
+    return len(g), len({r.get("cluster_id") for r in g})
 
 
 def run_name_for(cfg: DictConfig, lam: float | None) -> str:

@@ -26,7 +26,7 @@ from suti.models.pipeline import Apprentice, default_device
 from suti.tasks.apprentice.data import GDataModule, ImageSource
 from suti.tasks.apprentice.files import cache_dir, upload_dir
 from suti.tasks.apprentice.module import METRIC_PREFIX, ApprenticeLit, MlflowMetrics, StoreCheckpoint, StepTimer
-from suti.tasks.apprentice.rows import SOURCES, rows_digest, train_recipe, training_rows
+from suti.tasks.apprentice.rows import SOURCES, g_counts, rows_digest, train_recipe, training_rows
 from suti.tasks.apprentice.settings import TrainSettings, apprentice_config, sampling_defaults
 
 log = logging.getLogger("suti.apprentice")
@@ -133,8 +133,10 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
                          {"rows_digest": digest, "recipe": recipe})
     if not fit["global_zero"]:
         return {}
+    rows_G, subjects_G = g_counts(rows)
     apprentice = Apprentice(backbone, app, sampling_defaults(cfg),
                             {"run_name": run_name, "rows": len(rows), "subjects": _subjects(rows), "steps": fit["steps"],
+                             "rows_G": rows_G, "subjects_G": subjects_G,
                              "train_base": settings.train_base or bool(warm and warm["train_base"]),
                              "init_from": warm["source"] if warm else None, "backbone": backbone.describe()})
     apprentice.to(default_device())
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="a resolved config YAML")
     p.add_argument("--run-name", required=True)
     p.add_argument("--lam", default="none", help="lambda of G(lambda); 'none' = every row")
-    p.add_argument("--source", default="G", choices=SOURCES, help="G(lambda) (SuTI) or the raw clusters (Re-Imagen)")
+    p.add_argument("--source", default="G", choices=SOURCES, help="G(lambda) (SuTI), G(lambda) + the raw clusters, or the raw clusters (Re-Imagen)")
     p.add_argument("--run-id", default=None, help="MLflow run to log metrics to")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
