@@ -20,7 +20,6 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from suti.config import ConfigError
 from suti.flows.common import image_markdown, logger, prepare, write_report
 from suti.tasks import apprentice as A
 from suti.tracking import lambda_params, log_bytes, log_dataset, log_metrics, mlflow_run
@@ -114,10 +113,7 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
     cfg, store = prepare(overrides)
     lg = logger()
     if source is None:
-        source = str(cfg.apprentice.source)
-        if source not in ("G", "mix"):
-            raise ConfigError(f"apprentice.source must be G or mix, got {source!r} (the raw clusters alone are "
-                              "`suti train --source clusters`, the Re-Imagen baseline)")
+        source = str(cfg.apprentice.source)  # G | mix, checked when the config was composed
     reimagen = source == "clusters"
     lam = None if reimagen else parse_lam(lam, cfg)
     name = run_name or ("reimagen" if reimagen else A.run_name_for(cfg, lam))
@@ -127,7 +123,8 @@ def train_flow(overrides: list[str] | None = None, force: bool = False, lam: flo
             cfg.apprentice.init_from = None  # the baseline never starts from a trained apprentice
     t0 = time.time()
     rows = load_rows(store, lam, source)
-    what = {"clusters": "raw clusters (Re-Imagen)", "mix": f"G(lambda={lam}) + raw clusters"}.get(source, f"G(lambda={lam})")
+    what = {"clusters": "raw clusters (Re-Imagen)", "mix": f"G(lambda={lam}) + raw clusters",
+            "G": f"G(lambda={lam})"}[source]
     lg.info(f"{what}: {len(rows)} training examples from {len({r.get('cluster_id') for r in rows})} clusters")
     digest = A.rows_digest(rows)
     tags = {"lambda": str(lam), "run_name": name, "dataset_digest": digest, "source": source}

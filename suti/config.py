@@ -118,6 +118,9 @@ def validate(cfg: DictConfig) -> None:
     _num(cfg, "expert.prompts_per_cluster", 1, None, True)
     _num(cfg, "apprentice.steps", 0, None, True)
     _num(cfg, "apprentice.demos", 1, 16, True)
+    if cfg.apprentice.source not in ("G", "mix"):
+        raise ConfigError(f"apprentice.source must be G or mix, got {cfg.apprentice.source!r} (the raw clusters "
+                          "alone are `suti train --source clusters`, the Re-Imagen baseline)")
     _num(cfg, "apprentice.guidance", 0)
     _num(cfg, "eval.demo_guidance", 0, 100)
     _num(cfg, "apprentice.demo_guidance", 0, 100)

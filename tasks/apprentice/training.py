@@ -126,7 +126,7 @@ def train_apprentice(cfg: DictConfig, store, rows: list[dict], run_name: str, ru
     torch.manual_seed(settings.seed)  # the new layers' initialisation
     app = ApprenticeUNet(backbone.unet, apprentice_config(cfg))
     if warm:
-        app.load_state_dict(warm["state"])
+        _load_warm(app, warm)
         log.info(f"{prefix}: warm start from {warm['source']} (its base UNet and demo layers)")
     images = ImageSource(store, backbone.resolution)
     fit = fit_apprentice(backbone, app, rows, images, settings, store, prefix, cache_dir(cfg, run_name), run_id,
@@ -169,13 +169,19 @@ def _warm_start(cfg: DictConfig, store, run_name: str) -> dict | None:
         if getattr(mine, key) != getattr(theirs, key):
             raise UserError(f"apprentice.init_from={source}: its {key} is {getattr(theirs, key)!r}, this config's "
                             f"{getattr(mine, key)!r}; warm start needs the same demo-attention architecture")
-    state = start.model.state_dict()
-    fresh = ApprenticeUNet(load_backbone(cfg, store).unet, mine).state_dict()
-    shapes = {k: tuple(v.shape) for k, v in fresh.items()}
-    if shapes != {k: tuple(v.shape) for k, v in state.items()}:
-        raise UserError(f"apprentice.init_from={source}: its UNet is not this config's backbone (other shapes)")
-    return {"source": source, "state": state, "fingerprint": model_fingerprint(start),
+    return {"source": source, "state": start.model.state_dict(), "fingerprint": model_fingerprint(start),
             "train_base": bool(start.meta.get("train_base", False))}
+
+
+def _load_warm(app: ApprenticeUNet, warm: dict) -> None:
+    """Load the start model's state into the fresh apprentice; another backbone (other
+    parameter names or shapes) is a one-line UserError, not a state-dict traceback."""
+    from suti.errors import UserError
+
+    shapes = {k: tuple(v.shape) for k, v in app.state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in warm["state"].items()}:
+        raise UserError(f"apprentice.init_from={warm['source']}: its UNet is not this config's backbone (other shapes)")
+    app.load_state_dict(warm["state"])
 
 
 def _subjects(rows: Sequence[dict]) -> int:
