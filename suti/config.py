@@ -118,6 +118,7 @@ def validate(cfg: DictConfig) -> None:
     _num(cfg, "expert.prompts_per_cluster", 1, None, True)
     _num(cfg, "apprentice.steps", 0, None, True)
     _num(cfg, "apprentice.demos", 1, 16, True)
+    _num(cfg, "apprentice.demos_min", 1, int(cfg.apprentice.demos), True)  # null: always `demos`
     if cfg.apprentice.source not in ("G", "mix"):
         raise ConfigError(f"apprentice.source must be G or mix, got {cfg.apprentice.source!r} (the raw clusters "
                           "alone are `suti train --source clusters`, the Re-Imagen baseline)")

@@ -161,6 +161,7 @@ class FilterSchema:
 @dataclass
 class ApprenticeSchema:
     demos: int = MISSING
+    demos_min: Optional[int] = MISSING
     demo_sites: str = MISSING
     heads: int = MISSING
     demo_timestep: int = MISSING

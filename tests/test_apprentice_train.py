@@ -130,6 +130,13 @@ def test_batches_are_deterministic_per_step_with_cfg_dropout(tmp_path):
     dropped = GBatches(rows, src, TrainSettings(batch_size=8, demos=3, text_drop=1.0, demo_drop=1.0, demo_text_drop=1.0))
     d = dropped.batch(0)
     assert set(d["prompts"]) == {""} and not d["mask"].any() and {t for r in d["demo_texts"] for t in r} == {""}
+    # demos_min: each example draws its demo count from demos_min..demos (a 1-image cluster still gives 1).
+    var = GBatches(rows, src, TrainSettings(batch_size=64, demos=3, demos_min=1, text_drop=0.0, demo_drop=0.0,
+                                            demo_text_drop=0.0, seed=3)).batch(0)
+    counts = {(p, int(m.sum())) for p, m in zip(var["prompts"], var["mask"])}
+    assert {n for p, n in counts if p == "a red mug"} == {1, 2, 3} and {n for p, n in counts if p == "a blue bowl"} == {1}
+    for i, m in enumerate(var["mask"]):  # the masked-out slots carry neither an image nor a text
+        assert not var["demos"][i][~m].any() and all(not t for t, k in zip(var["demo_texts"][i], m) if not k)
 
 
 # ---------------------------------------------------------------------------- the smoke training run

@@ -55,6 +55,7 @@ def test_file_store_uri_is_absolute(tmp_path):
     ("sweep.steps=0", "sweep.steps must be >= 1"),
     ("pipeline.final_lambda=worst", "pipeline.final_lambda must be best, config, none or a number"),
     ("pipeline.eval_limit=0", "pipeline.eval_limit must be >= 1"),
+    ("apprentice.demos_min=4", "apprentice.demos_min must be <= 3, got 4"),
     ("apprentice.source=clusters", "apprentice.source must be G or mix, got 'clusters'"),
     # the typed schema (suti/schema.py): unknown keys and wrong types, named
     ("+expert.nope=1", "unknown config key 'expert.nope'"),

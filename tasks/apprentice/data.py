@@ -81,7 +81,10 @@ class GBatches(torch.utils.data.IterableDataset):
             prompts.append("" if rng.random() < s.text_drop else str(row["prompt"]))
             keys = list(row["demo_keys"])
             texts = list(row.get("demo_texts") or [""] * len(keys))
-            take = rng.choice(len(keys), size=min(K, len(keys)), replace=False) if keys else []
+            n = min(K, len(keys))
+            if s.demos_min is not None and n > s.demos_min:  # a count per example, so fewer demos are seen too
+                n = int(rng.integers(s.demos_min, n + 1))
+            take = rng.choice(len(keys), size=n, replace=False) if keys else []
             drop_all = rng.random() < s.demo_drop
             row_texts = []
             for k, j in enumerate(take):

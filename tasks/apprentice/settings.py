@@ -21,7 +21,8 @@ class TrainSettings:
 
     steps: int = 1500  # optimizer steps
     batch_size: int = 16  # examples per step (per device)
-    demos: int = 3  # demonstrations per example (sampled from the cluster C_s)
+    demos: int = 3  # demonstrations per example (sampled from the cluster C_s), at most
+    demos_min: int | None = None  # fewest per example (the count is drawn from demos_min..demos); None: always demos
     lr: float = 2e-4  # learning rate of the new demo layers
     train_base: bool = False  # also fine-tune the base UNet ...
     base_lr: float = 2e-5  # ... at this (lower) learning rate
@@ -50,7 +51,7 @@ class TrainSettings:
         if dreamsuti:
             kw.update(steps=a.get("dreamsuti_steps", 500), lr=a.get("dreamsuti_lr", 1e-5),
                       batch_size=a.get("dreamsuti_batch_size", 4), train_base=a.get("dreamsuti_train_base", True),
-                      base_lr=a.get("dreamsuti_lr", 1e-5), demos=1)
+                      base_lr=a.get("dreamsuti_lr", 1e-5), demos=1, demos_min=None)
         out = cls(**kw)
         out.validate()
         return out
@@ -61,6 +62,8 @@ class TrainSettings:
         if self.steps < 0 or self.batch_size < 1 or self.demos < 1:
             raise ConfigError(f"apprentice: steps >= 0, batch_size >= 1, demos >= 1 needed, got {self.steps}, "
                               f"{self.batch_size}, {self.demos}")
+        if self.demos_min is not None and not 1 <= self.demos_min <= self.demos:
+            raise ConfigError(f"apprentice.demos_min must be in 1..demos ({self.demos}), got {self.demos_min}")
         for name in ("text_drop", "demo_drop", "demo_text_drop"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
