@@ -41,6 +41,9 @@ class ApprenticeConfig:
     demo_sites: str = "down_up"
     heads: int = 4  # attention heads per demo layer (reduced to the largest divisor of the site's channels if needed)
     demo_timestep: int = 0  # fixed diffusion timestep used to embed time while encoding (clean) demos
+    # demo tokens per site at most demo_pool x demo_pool per demo (average-pooled when the site is larger), so the
+    # highest resolution (demo_sites="all") can be read at a fraction of its full attention cost; 0: never pooled
+    demo_pool: int = 0
     gate_init: float = 0.0  # initial gate value; 0 makes the apprentice start exactly as the base UNet
     # "random": default Linear init of the output projection (the gate alone makes a fresh
     # apprentice equal the base, and only the gates get a gradient at step 0); "zero": the
@@ -58,6 +61,8 @@ class ApprenticeConfig:
             raise ValueError(f"demo_sites must be one of {_DEMO_SITES}, got {self.demo_sites!r}")
         if self.heads < 1:
             raise ValueError("heads must be >= 1")
+        if self.demo_pool < 0:
+            raise ValueError(f"demo_pool must be >= 0 (0: off), got {self.demo_pool}")
 
 
 def _site_key(name: str) -> str:
@@ -468,6 +473,9 @@ class ApprenticeUNet(nn.Module):
             src_name = self.site_source[site]
             if present.numel():
                 src = records[src_name]  # (P, C_src, h, w)
+                side = self.config.demo_pool
+                if side and max(src.shape[-2:]) > side:
+                    src = F.adaptive_avg_pool2d(src, (min(side, src.shape[-2]), min(side, src.shape[-1])))
                 hw = src.shape[-2] * src.shape[-1]
                 tokens = layer.project_demo(src.flatten(2).transpose(1, 2))  # (P, h*w, C)
                 full = tokens.new_zeros(b * k, hw, tokens.shape[-1])

@@ -165,6 +165,7 @@ class ApprenticeSchema:
     demo_sites: str = MISSING
     heads: int = MISSING
     demo_timestep: int = MISSING
+    demo_pool: int = MISSING
     gate_init: float = MISSING
     out_init: str = MISSING
     source: str = MISSING

@@ -205,8 +205,23 @@ def test_sites_mapping_and_overhead(pixel):
         every.set_gates(0.0)
         every.demo_layers["up_blocks__2__resnets__1"].gate.fill_(0.5)
         assert not torch.allclose(every(sample, t, text, mem), base_out(every, sample, t, text), atol=1e-4)
+    # demo_pool: the 32 px site reads 3 x (pool x pool) averaged tokens; smaller sites are left as they are
+    side = sample.shape[-1] // 2
+    pooled = make_apprentice(pixel, demo_sites="all", demo_pool=side)
+    pooled.load_state_dict(every.state_dict())
+    with torch.no_grad():
+        pm = pooled.encode_demos(demo_images, demo_text)
+        assert pm.features["up_blocks.2.resnets.1"].shape[1] == 3 * side * side
+        small = [s for s in every.sites if mem.features[s].shape[1] <= 3 * side * side]
+        assert small and all(torch.equal(pm.features[s], mem.features[s]) for s in small)
+        pooled.set_gates(0.0)
+        pooled.demo_layers["up_blocks__2__resnets__1"].gate.fill_(0.5)
+        out = pooled(sample, t, text, pm)
+        assert torch.isfinite(out).all() and not torch.allclose(out, every(sample, t, text, mem), atol=1e-5)
     with pytest.raises(ValueError):
         ApprenticeConfig(demo_sites="everywhere")
+    with pytest.raises(ValueError, match="demo_pool"):
+        ApprenticeConfig(demo_pool=-1)
 
 
 def test_up_site_without_down_attention_uses_resnet_features():

@@ -78,6 +78,7 @@ def apprentice_config(cfg: DictConfig) -> ApprenticeConfig:
 
     try:
         return ApprenticeConfig(demo_sites=str(a.demo_sites), heads=int(a.heads), demo_timestep=int(a.demo_timestep),
+                                demo_pool=int(a.demo_pool),
                                 gate_init=float(a.gate_init), out_init=str(a.out_init))
     except ValueError as e:
         raise ConfigError(f"apprentice: {e}") from None

@@ -165,7 +165,7 @@ def _warm_start(cfg: DictConfig, store, run_name: str) -> dict | None:
         raise UserError(f"apprentice.init_from={source!r} is the run being trained: name another model")
     start = load_apprentice(source, cfg, store, device="cpu")
     mine, theirs = apprentice_config(cfg), start.model.config
-    for key in ("demo_sites", "heads", "demo_timestep"):
+    for key in ("demo_sites", "heads", "demo_timestep", "demo_pool"):
         if getattr(mine, key) != getattr(theirs, key):
             raise UserError(f"apprentice.init_from={source}: its {key} is {getattr(theirs, key)!r}, this config's "
                             f"{getattr(mine, key)!r}; warm start needs the same demo-attention architecture")
