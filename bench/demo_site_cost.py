@@ -1,0 +1,120 @@
+"""What demo attention costs per training step and per sampled image, by where it reads.
+
+The default profile's UNet (untrained weights: the cost does not depend on them), wrapped
+as the apprentice with each `demo_sites` / `demo_pool` setting, timed on the same inputs:
+a training step (demo encoding + denoising forward + backward into the demo layers, base
+frozen, batch 16, K = 3 demos) and a guided sampling pass (demos encoded once, 25 steps,
+batch 4 with CFG). The settings are timed round-robin, so a busy machine slows each alike.
+Prints JSON: seconds per step, seconds per sampled batch, added parameters, demo keys per site.
+
+    .venv/bin/python bench/demo_site_cost.py --setting down_up:0 --setting all:0 --setting all:16 --setting all:8
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--setting", action="append", default=[], metavar="SITES:POOL",
+                    help="demo_sites:demo_pool, e.g. all:16 (default: down_up:0 all:0 all:16)")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per setting (after one warm-up)")
+    ap.add_argument("--train-steps", type=int, default=4, help="training steps per round")
+    ap.add_argument("--sample-steps", type=int, default=25)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--demos", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: torch's default); 1 beside another torch job (two 2-thread jobs on 2 cores spin)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from suti.config import compose
+    from suti.models.apprentice import ApprenticeConfig, ApprenticeUNet
+    from suti.tasks.foundation import untrained_unet
+
+    torch.manual_seed(0)
+    cfg = compose([f"profile={args.profile}", "workdir=/tmp/suti-demo-site-cost"])
+    base = untrained_unet(cfg)
+    R, C = int(cfg.world.resolution), int(base.config.in_channels)
+    L, D = 32, int(base.config.cross_attention_dim)
+    settings = []
+    for s in args.setting or ["down_up:0", "all:0", "all:16"]:
+        sites, _, pool = s.partition(":")
+        app = ApprenticeUNet(copy.deepcopy(base), ApprenticeConfig(demo_sites=sites, demo_pool=int(pool or 0),
+                                                                    gate_init=1.0, out_init="zero"))
+        for p in app.unet.parameters():
+            p.requires_grad_(False)
+        opt = torch.optim.AdamW(list(app.demo_parameters()), lr=1e-3)
+        settings.append({"name": s, "app": app, "opt": opt, "train": [], "sample": []})
+
+    g = torch.Generator().manual_seed(1)
+    B, K = args.batch, args.demos
+    x = torch.randn(B, C, R, R, generator=g)
+    text = torch.randn(B, L, D, generator=g)
+    demos = torch.randn(B, K, C, R, R, generator=g)
+    demo_text = torch.randn(B, K, L, D, generator=g)
+    t = torch.randint(0, 1000, (B,), generator=g)
+    n = 4  # sampled images per request, CFG doubles the batch
+
+    def train_round(st) -> float:
+        app, opt = st["app"], st["opt"]
+        app.train()
+        t0 = time.perf_counter()
+        for _ in range(args.train_steps):
+            mem = app.encode_demos(demos, demo_text)
+            loss = (app(x, t, text, mem) - x).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return (time.perf_counter() - t0) / args.train_steps
+
+    def sample_round(st) -> float:
+        app = st["app"].eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            mem = app.encode_demos(demos[:1], demo_text[:1]).detach()
+            mem = mem.expand(n).repeat(2)
+            mem = type(mem)(mem.features, torch.cat([torch.zeros_like(mem.mask[:n]), mem.mask[n:]]), mem.meta)
+            xs = torch.randn(n, C, R, R, generator=torch.Generator().manual_seed(2))
+            for i in range(args.sample_steps):
+                ts = torch.full((2 * n,), 999 - i * (1000 // args.sample_steps))
+                out = app(torch.cat([xs, xs]), ts, text[:2 * n], mem)
+                xs = xs - 0.01 * out[n:]
+        return time.perf_counter() - t0
+
+    for rnd in range(args.rounds + 1):  # round 0 warms up
+        for st in settings:
+            tr, sa = train_round(st), sample_round(st)
+            if rnd:
+                st["train"].append(tr)
+                st["sample"].append(sa)
+        print(f"round {rnd}/{args.rounds} done", file=sys.stderr, flush=True)
+
+    ref = min(settings[0]["train"])
+    out = []
+    for st in settings:
+        app = st["app"]
+        with torch.no_grad():
+            mem = app.encode_demos(demos[:1], demo_text[:1])
+        out.append({"setting": st["name"], "sites": len(app.sites), "added_params": app.param_overhead()["added"],
+                    "demo_keys_per_site": {s: int(v.shape[1]) for s, v in mem.features.items()},
+                    "train_s_per_step": round(min(st["train"]), 4),
+                    "train_vs_first": round(min(st["train"]) / ref, 3),
+                    "sample_s_per_request": round(min(st["sample"]), 4)})
+    print(json.dumps({"benchmark": "demo_site_cost", "profile": args.profile, "batch": B, "demos": K,
+                      "resolution": R, "sample_steps": args.sample_steps, "images_per_request": n,
+                      "threads": torch.get_num_threads(), "results": out}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
