@@ -49,9 +49,8 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
     t = time.time()
     images["oracle"] = E.oracle_images(case, recs, n, seeds, R)
     secs["oracle"], nbytes["oracle"] = 0.0, 0
-    t = time.time()
-    images["base"] = E.base_images(cfg, ctx["backbone"], recs, n, seeds)
-    secs["base"], nbytes["base"] = time.time() - t, 0
+    images["base"], secs["base"] = E.cached_base_images(cfg, store, ctx["backbone"], ctx["base_fp"], recs, n, seeds)
+    nbytes["base"] = 0
     if "expert" in ctx["methods"]:
         images["expert"] = E.expert_images(cfg, store, case, recs, n, seeds, f"eval/{ctx['expert_id']}/experts",
                                            ctx["base_state"], ctx["clip"])
@@ -270,7 +269,7 @@ def eval_flow(overrides: list[str] | None = None, force: bool = False, model: st
             store.delete(f"eval/{eval_id}")
         backbone = load_backbone(cfg, store)
         # the backbone already holds the CLIP text tower the experts fine-tune with: not loaded twice
-        ctx = {"scorers": sc, "apprentice": app, "backbone": backbone,
+        ctx = {"scorers": sc, "apprentice": app, "backbone": backbone, "base_fp": E.backbone_fingerprint(backbone),
                "clip": getattr(backbone, "clip", None) or load_clip(cfg, store),
                "base_state": load_state(store, K.BASE), "methods": list(settings["methods"]),
                "expert_id": f"experts-{E.settings_digest(E.expert_settings(cfg, store))}", "reimagen": reimagen}

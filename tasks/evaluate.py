@@ -274,6 +274,50 @@ def base_images(cfg, backbone, recs: list[dict], n: int, seeds: list[int], text_
                                          cfg.eval.sample_steps, s) for r, s in zip(recs, seeds)])
 
 
+def backbone_fingerprint(backbone) -> str:
+    """A content hash of the base model the base row samples (UNet, text tower, VAE weights,
+    sampling precision): what keys the cached base images."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(json.dumps({**backbone.describe(), "precision": getattr(backbone, "sample_precision", "fp32")},
+                                  sort_keys=True, default=str).encode())
+    for m in [backbone.unet, *backbone.frozen_modules()]:
+        for name, t in sorted(m.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "b" + h.hexdigest()[:16]
+
+
+def cached_base_images(cfg, store, backbone, fingerprint: str, recs: list[dict], n: int,
+                       seeds: list[int]) -> tuple[np.ndarray, float]:
+    """`base_images` and the seconds sampling them took, each (prompt, seed, n) slot sampled
+    once per base model and sampler: the base row does not depend on the apprentice, so the
+    sweep's lambdas, the training val checks, bench recipes and the final Table 1 share it
+    (the same images, not resampled; the seconds are those of the first sampling)."""
+    from suti.store import digest
+
+    sampler = {"guidance": float(cfg.eval.guidance), "scheduler": str(cfg.eval.scheduler),
+               "steps": int(cfg.eval.sample_steps), "n": int(n)}
+    out, seconds = [], 0.0
+    for r, sd in zip(recs, seeds):
+        key = f"eval/base-images/{fingerprint}/{digest({**sampler, 'prompt': r['text'], 'seed': int(sd)})}.npz"
+        if store.exists(key):
+            with np.load(io.BytesIO(store.get_bytes(key)), allow_pickle=False) as z:
+                ims, secs = z["images"], float(z["seconds"])
+        else:
+            t = time.time()
+            ims = base_images(cfg, backbone, [r], n, [sd])
+            secs = time.time() - t
+            buf = io.BytesIO()
+            np.savez(buf, images=ims, seconds=np.float64(secs))
+            store.put_bytes(key, buf.getvalue())
+        out.append(ims)
+        seconds += secs
+    return np.concatenate(out), seconds
+
+
 def apprentice_images(app, case: SubjectCase, recs: list[dict], n: int, seeds: list[int], cfg, k: int | None = None,
                       demos: np.ndarray | None = None, texts: list[str] | None = None) -> np.ndarray:
     d = case.demos if demos is None else demos

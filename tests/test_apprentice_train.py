@@ -252,6 +252,29 @@ def test_zero_demos_is_the_base_model(trained):
     ecfg = OmegaConf.merge(cfg, {"eval": {"guidance": 5.0, "scheduler": "dpm", "sample_steps": 3}})
     base_row = base_images(ecfg, base_bb, [{"text": "a teddy bear on the beach"}], 2, [5])
     assert all(np.array_equal(a, b) for a, b in zip(got, base_row))
+    # Cached base images: sampled once per (base model, sampler, prompt, seed, n), then read back
+    # unchanged (a second call with a backbone that cannot sample still returns them).
+    from suti.tasks.evaluate import backbone_fingerprint, cached_base_images
+
+    class NoSampling:
+        def __getattr__(self, name):
+            raise AssertionError(f"the cached base row was resampled ({name})")
+
+    fp = backbone_fingerprint(base_bb)
+    recs = [{"text": "a teddy bear on the beach"}, {"text": "a teddy bear in the snow"}]
+    first, secs = cached_base_images(ecfg, store, base_bb, fp, recs, 2, [5, 6])
+    assert np.array_equal(first[:2], base_row) and secs > 0
+    again, secs2 = cached_base_images(ecfg, store, NoSampling(), fp, recs, 2, [5, 6])
+    assert np.array_equal(again, first) and secs2 == secs
+    # another seed, sampler or base model is sampled anew
+    other_cfg = OmegaConf.merge(ecfg, {"eval": {"sample_steps": 2}})
+    for c, f, seeds in ((ecfg, fp, [5, 7]), (other_cfg, fp, [5, 6]), (ecfg, fp + "x", [5, 6])):
+        with pytest.raises(AssertionError, match="resampled"):
+            cached_base_images(c, store, NoSampling(), f, recs, 2, seeds)
+    saved = base_bb.unet.conv_out.bias.detach().clone()
+    base_bb.unet.conv_out.bias.data[0] += 1.0
+    assert backbone_fingerprint(base_bb) != fp
+    base_bb.unet.conv_out.bias.data.copy_(saved)
     # Demos do act once the gates are open (the equality above is not vacuous).
     demos = [read_rgb(store, k) for k in row["demo_keys"][:3]]
     app.model.set_gates(0.5)

@@ -34,6 +34,7 @@ def val_check(cfg, store, app, subjects: int, prompts: int) -> dict:
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
     cases = E.subject_cases(cfg, store, sc, subjects, "val")  # never empty: an empty split is a UserError
     backbone = load_backbone(cfg, store)
+    base_fp = E.backbone_fingerprint(backbone)
     clip, base_state = getattr(backbone, "clip", None) or load_clip(cfg, store), load_state(store, K.BASE)
     root = f"eval/experts-{E.settings_digest(E.expert_settings(cfg, store))}/val-check-experts"
     R, k = cfg.world.resolution, int(cfg.apprentice.demos)
@@ -45,7 +46,7 @@ def val_check(cfg, store, app, subjects: int, prompts: int) -> dict:
         recs = E.dreambench_records(case.described, case.live)[:prompts]
         seeds = E.seeds_for(case, len(recs), cfg.seed)  # the evaluation's seeds of these slots
         images = {"oracle": E.oracle_images(case, recs, 1, seeds, R),
-                  "base": E.base_images(cfg, backbone, recs, 1, seeds),
+                  "base": E.cached_base_images(cfg, store, backbone, base_fp, recs, 1, seeds)[0],
                   "expert": E.expert_images(cfg, store, case, recs, 1, seeds, root, base_state, clip),
                   "apprentice": E.apprentice_images(app, case, recs, 1, seeds, cfg, k=k)}
         for m, x in images.items():
