@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from suti.config import compose
-    from suti.models.apprentice import ApprenticeConfig, ApprenticeUNet
+    from suti.models.apprentice import ApprenticeConfig, ApprenticeUNet, DemoMemory
     from suti.tasks.foundation import untrained_unet
 
     torch.manual_seed(0)
@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         app = st["app"].eval()
         t0 = time.perf_counter()
         with torch.no_grad():
-            mem = app.encode_demos(demos[:1], demo_text[:1]).detach()
-            mem = mem.expand(n).repeat(2)
-            mem = type(mem)(mem.features, torch.cat([torch.zeros_like(mem.mask[:n]), mem.mask[n:]]), mem.meta)
+            m = app.encode_demos(demos[:1], demo_text[:1]).detach().expand(n)
+            mem = DemoMemory.cat([m.without_demos(), m])  # CFG layout [no demos; demos]
             xs = torch.randn(n, C, R, R, generator=torch.Generator().manual_seed(2))
             for i in range(args.sample_steps):
                 ts = torch.full((2 * n,), 999 - i * (1000 // args.sample_steps))

@@ -46,7 +46,6 @@ def eval_subject(case, cfg, store, ctx: dict, eval_id: str) -> dict:
     rr = [r for r in recs for _ in range(n)]
     demo_sets = [case.demos] * len(rr)
     images, secs, nbytes = {}, {}, {}
-    t = time.time()
     images["oracle"] = E.oracle_images(case, recs, n, seeds, R)
     secs["oracle"], nbytes["oracle"] = 0.0, 0
     images["base"], secs["base"] = E.cached_base_images(cfg, store, ctx["backbone"], ctx["base_fp"], recs, n, seeds)

@@ -166,18 +166,24 @@ def settings_digest(settings: dict) -> str:
     return digest(settings)[:10]
 
 
-def model_fingerprint(app) -> str:
-    """A content hash of an apprentice (weights + sampling defaults): what keys the results of
-    a model that has no registry version (an exported folder, a store run)."""
+def _content_hash(meta: dict, modules) -> str:
+    """sha256 of a JSON-able description plus every module's weights (names and fp32 values)."""
     import hashlib
 
     import torch
 
-    h = hashlib.sha256(json.dumps(app.defaults, sort_keys=True, default=str).encode())
-    for name, t in sorted(app.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return "m" + h.hexdigest()[:12]
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    for m in modules:
+        for name, t in sorted(m.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(app) -> str:
+    """A content hash of an apprentice (weights + sampling defaults): what keys the results of
+    a model that has no registry version (an exported folder, a store run)."""
+    return "m" + _content_hash(app.defaults, [app.model])[:12]
 
 
 # ---------------------------------------------------------------- scoring
@@ -277,17 +283,8 @@ def base_images(cfg, backbone, recs: list[dict], n: int, seeds: list[int], text_
 def backbone_fingerprint(backbone) -> str:
     """A content hash of the base model the base row samples (UNet, text tower, VAE weights,
     sampling precision): what keys the cached base images."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256(json.dumps({**backbone.describe(), "precision": getattr(backbone, "sample_precision", "fp32")},
-                                  sort_keys=True, default=str).encode())
-    for m in [backbone.unet, *backbone.frozen_modules()]:
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return "b" + h.hexdigest()[:16]
+    meta = {**backbone.describe(), "precision": getattr(backbone, "sample_precision", "fp32")}
+    return "b" + _content_hash(meta, [backbone.unet, *backbone.frozen_modules()])[:16]
 
 
 def cached_base_images(cfg, store, backbone, fingerprint: str, recs: list[dict], n: int,
