@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also evaluate each trained model with these separate demo guidance scales (eval.demo_guidance)")
     args = ap.parse_args(argv)
 
-    from suti.config import compose
+    from suti.config import compose, setup_env
+
+    # homes, caches and telemetry switches into the workdir before prefect is imported (as the CLI does)
+    setup_env(compose([f"profile={args.profile}", f"workdir={args.workdir}"]))
     from suti.flows.eval import eval_flow
     from suti.store import open_store
     from suti.tasks import apprentice as A
