@@ -61,6 +61,14 @@ def copy_world(smoke_store, dest_root: Path) -> None:
         shutil.copytree(smoke_store.root / part, dest_root / part)
 
 
+def checkpoint_keys_hold(keys: list[str], train_base: bool) -> bool:
+    """A checkpoint holds the demo layers, plus the base UNet exactly when it was trained
+    (a frozen base stays out); never the frozen encoders."""
+    demo = [k for k in keys if k.startswith("app.demo_layers.")]
+    unet = [k for k in keys if k.startswith("app.unet.")]
+    return bool(demo) and len(demo) + len(unet) == len(keys) and bool(unet) == bool(train_base)
+
+
 _TRAINED: dict = {}
 
 
@@ -157,7 +165,7 @@ def test_training_run_saved_checkpoint_model_and_metrics(trained):
     ckpt = torch.load(store.local_path(f"{prefix}/last.ckpt"), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
     keys = list(ckpt["state_dict"])
-    assert keys and all(k.startswith("app.demo_layers.") for k in keys)  # the frozen base stays out
+    assert checkpoint_keys_hold(keys, trained["cfg"].apprentice.train_base)
     gates = [v for k, v in ckpt["state_dict"].items() if k.endswith(".gate")]
     assert len(gates) == len(report["gates"]) and all(float(g.abs()) > 0 for g in gates)  # moved from 0
     files = {k.split("/model/", 1)[1] for k in store.list(f"{prefix}/model")}
@@ -224,7 +232,7 @@ def test_registered_candidate_loads_and_generates(trained):
         model.predict({"prompt": row["prompt"], "demos": demos, "demo_guidance": -1})
 
 
-def test_zero_demos_is_the_base_model(trained):
+def test_zero_demos_is_the_apprentices_own_base(trained):
     from omegaconf import OmegaConf
 
     from suti.models.apprentice import ApprenticeUNet
@@ -236,6 +244,10 @@ def test_zero_demos_is_the_base_model(trained):
     app = load_apprentice("lam-none", cfg, store, device="cpu")
     assert any(float(g.detach().abs()) > 0 for g in app.model.gate_parameters())
     base_bb = TinyBackbone.from_store(cfg, store)
+    own = app.model.unet.state_dict()
+    moved = [k for k, v in base_bb.unet.state_dict().items() if not torch.equal(v, own[k])]
+    assert bool(moved) == bool(cfg.apprentice.train_base)  # a frozen base is the foundation's, bit for bit
+    base_bb.unet.load_state_dict(own)  # the apprentice's own base (the foundation's, or the one it trained)
     base = Apprentice(base_bb, ApprenticeUNet(base_bb.unet, apprentice_config(cfg)), app.defaults).to("cpu")
     kw = dict(num_images=2, seed=5, steps=3, guidance=5.0)
     got = app.generate([], None, "a teddy bear on the beach", **kw)
@@ -318,6 +330,26 @@ def test_demo_memory_is_computed_once_per_request(trained, monkeypatch):
     assert len(calls) == 1 and len(out) == 3 and out[0].shape == (32, 32, 3)
     for kind in ("ddim", "ddpm"):
         assert app.generate(demos[:1], ["a mug"], "a mug", num_images=1, steps=2, scheduler=kind)[0].shape == (32, 32, 3)
+
+
+def test_frozen_base_stays_the_foundations(trained):
+    """train_base=false: only the demo layers train and are checkpointed; with no demos the
+    apprentice is the foundation base, so Table 1's K = 0 is its base row bit for bit."""
+    from omegaconf import OmegaConf
+
+    from suti.models.backbone import TinyBackbone
+    from suti.tasks.apprentice import load_apprentice, load_G, train_apprentice
+
+    cfg = OmegaConf.merge(trained["cfg"], {"apprentice": {"train_base": False, "steps": 2}})
+    store = trained["store"]
+    rec = train_apprentice(cfg, store, load_G(store, None), "frozen-check")
+    assert rec["steps_run"] == 2
+    ckpt = torch.load(store.local_path("apprentice/frozen-check/last.ckpt"), map_location="cpu", weights_only=False)
+    assert checkpoint_keys_hold(list(ckpt["state_dict"]), False)
+    app = load_apprentice("frozen-check", cfg, store, device="cpu")
+    foundation = TinyBackbone.from_store(cfg, store).unet.state_dict()
+    assert all(torch.equal(v, foundation[k]) for k, v in app.model.unet.state_dict().items())
+    assert not app.meta.get("train_base")  # what the eval reads to hold K = 0 to the base row
 
 
 def test_rerun_reuses_the_finished_run(trained):
@@ -502,4 +534,4 @@ def test_ddp_on_two_cpu_processes_trains_in_a_subprocess(trained):
     assert rec["steps"] == 4 and rec["steps_run"] == 4 and rec["rows"] == len([r for r in trained["rows"]
                                                                                 if r["delta"] > 0.02])
     ckpt = torch.load(trained["store"].local_path("apprentice/ddp/last.ckpt"), map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 4 and all(k.startswith("app.demo_layers.") for k in ckpt["state_dict"])
+    assert ckpt["global_step"] == 4 and checkpoint_keys_hold(list(ckpt["state_dict"]), cfg.apprentice.train_base)
