@@ -61,3 +61,11 @@ def smoke(tmp_path_factory):
     foundation_flow(overrides=ov)
     cfg, store = prepare(ov)
     return ov, cfg, store
+
+
+def checkpoint_keys_hold(keys: list[str], train_base: bool) -> bool:
+    """A checkpoint holds the demo layers, plus the base UNet exactly when it was trained
+    (a frozen base stays out); never the frozen encoders."""
+    demo = [k for k in keys if k.startswith("app.demo_layers.")]
+    unet = [k for k in keys if k.startswith("app.unet.")]
+    return bool(demo) and len(demo) + len(unet) == len(keys) and bool(unet) == bool(train_base)

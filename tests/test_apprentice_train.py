@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import smoke_overrides
+from conftest import checkpoint_keys_hold, smoke_overrides
 from suti.store import open_store
 
 torch.set_num_threads(2)
@@ -59,14 +59,6 @@ def copy_world(smoke_store, dest_root: Path) -> None:
     """The smoke world + foundation (not other stages' outputs) into a fresh store folder."""
     for part in ("world", "foundation"):
         shutil.copytree(smoke_store.root / part, dest_root / part)
-
-
-def checkpoint_keys_hold(keys: list[str], train_base: bool) -> bool:
-    """A checkpoint holds the demo layers, plus the base UNet exactly when it was trained
-    (a frozen base stays out); never the frozen encoders."""
-    demo = [k for k in keys if k.startswith("app.demo_layers.")]
-    unet = [k for k in keys if k.startswith("app.unet.")]
-    return bool(demo) and len(demo) + len(unet) == len(keys) and bool(unet) == bool(train_base)
 
 
 _TRAINED: dict = {}
