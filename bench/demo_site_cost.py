@@ -2,12 +2,16 @@
 
 The default profile's UNet (untrained weights: the cost does not depend on them), wrapped
 as the apprentice with each `demo_sites` / `demo_pool` setting, timed on the same inputs:
-a training step (demo encoding + denoising forward + backward into the demo layers, base
-frozen, batch 16, K = 3 demos) and a guided sampling pass (demos encoded once, 25 steps,
+a training step (demo encoding + denoising forward + backward into the demo layers, batch 16,
+K = 3 demos; the base frozen, or trained with or without a gradient through its demo pass) and a guided sampling pass (demos encoded once, 25 steps,
 batch 4 with CFG). The settings are timed round-robin, so a busy machine slows each alike.
 Prints JSON: seconds per step, seconds per sampled batch, added parameters, demo keys per site.
 
     .venv/bin/python bench/demo_site_cost.py --setting down_up:0 --setting all:0 --setting all:16 --setting all:8
+    .venv/bin/python bench/demo_site_cost.py --setting down_up:0 --setting down_up:0:base --setting down_up:0:base-nodemograd
+
+A setting is SITES:POOL[:BASE], BASE = frozen (default) | base (the base UNet trains too, apprentice.train_base)
+| base-nodemograd (it trains, but the demo pass records no graph: apprentice.demo_grad=false).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import time
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", action="append", default=[], metavar="SITES:POOL",
-                    help="demo_sites:demo_pool, e.g. all:16 (default: down_up:0 all:0 all:16)")
+                    help="demo_sites:demo_pool[:frozen|base|base-nodemograd], e.g. all:16 (default: down_up:0 all:0 all:16)")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per setting (after one warm-up)")
     ap.add_argument("--train-steps", type=int, default=4, help="training steps per round")
@@ -48,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     L, D = 32, int(base.config.cross_attention_dim)
     settings = []
     for s in args.setting or ["down_up:0", "all:0", "all:16"]:
-        sites, _, pool = s.partition(":")
+        sites, pool, mode = (s.split(":") + ["", ""])[:3]
+        mode = mode or "frozen"
+        if mode not in ("frozen", "base", "base-nodemograd"):
+            raise SystemExit(f"setting {s!r}: BASE must be frozen, base or base-nodemograd")
         app = ApprenticeUNet(copy.deepcopy(base), ApprenticeConfig(demo_sites=sites, demo_pool=int(pool or 0),
                                                                     gate_init=1.0, out_init="zero"))
-        for p in app.unet.parameters():
-            p.requires_grad_(False)
-        opt = torch.optim.AdamW(list(app.demo_parameters()), lr=1e-3)
-        settings.append({"name": s, "app": app, "opt": opt, "train": [], "sample": []})
+        app.freeze_base(mode == "frozen")
+        params = list(app.demo_parameters()) + ([] if mode == "frozen" else list(app.unet.parameters()))
+        opt = torch.optim.AdamW(params, lr=1e-3)
+        settings.append({"name": s, "app": app, "opt": opt, "train": [], "sample": [],
+                         "demo_grad": mode != "base-nodemograd"})
 
     g = torch.Generator().manual_seed(1)
     B, K = args.batch, args.demos
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         app.train()
         t0 = time.perf_counter()
         for _ in range(args.train_steps):
-            mem = app.encode_demos(demos, demo_text)
+            mem = app.encode_demos(demos, demo_text, base_grad=st["demo_grad"])
             loss = (app(x, t, text, mem) - x).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -420,6 +420,7 @@ class ApprenticeUNet(nn.Module):
         demo_text_states: torch.Tensor,
         demo_mask: torch.Tensor | None = None,
         timestep: int | float | None = None,
+        base_grad: bool = True,
     ) -> DemoMemory:
         """Encode K demonstrations per request with the UNet's own DownStack (Re-Imagen).
 
@@ -430,6 +431,10 @@ class ApprenticeUNet(nn.Module):
             demo_mask: (B, K) bool, True where a demo is present (default: all present).
                 Absent demos are not encoded and never attended to.
             timestep: timestep embedded for the demo pass (default ``config.demo_timestep``).
+            base_grad: whether the UNet's own pass over the demos records a graph (only
+                matters when the base trains): False stops the gradient at the UNet's
+                features, so the base learns from the target pass alone and a training
+                step skips the demo pass's backward; the demo projections still learn.
 
         Returns:
             A :class:`DemoMemory` with one (B, K*h*w, C) tensor per hook site; reuse it at
@@ -457,7 +462,7 @@ class ApprenticeUNet(nn.Module):
             images = demo_images.reshape(b * k, *demo_images.shape[2:])[present]
             texts = demo_text_states.reshape(b * k, *demo_text_states.shape[2:])[present]
             t = torch.full((images.shape[0],), timestep, device=device, dtype=torch.long)
-            with self._state("record"):
+            with self._state("record"), torch.set_grad_enabled(torch.is_grad_enabled() and base_grad):
                 try:
                     self.unet(images, t, encoder_hidden_states=texts, return_dict=False)
                 except _StopDemoPass:

@@ -176,6 +176,7 @@ class ApprenticeSchema:
     lr: float = MISSING
     train_base: bool = MISSING
     base_lr: float = MISSING
+    demo_grad: bool = MISSING
     weight_decay: float = MISSING
     warmup_frac: float = MISSING
     grad_clip: float = MISSING

@@ -404,6 +404,39 @@ def test_forward_backward(backbone, freeze):
     assert any(not torch.equal(b, p) for b, p in zip(before, app.demo_parameters()))
 
 
+def test_demo_pass_without_base_grad(backbone):
+    """base_grad=False (apprentice.demo_grad=false): the demo memory is the same numbers, its
+    gradient stops at the UNet's features (the demo projections still learn), and the base
+    learns from the target pass alone (a different, still non-zero gradient)."""
+    app = make_apprentice(backbone, gate_init=0.5).train()
+    app.freeze_base(False)
+    sample, t, text, demo_images, demo_text = request_inputs(backbone, 2, 3)
+    noise = torch.randn_like(sample)
+    with_grad = app.encode_demos(demo_images, demo_text)
+    without = app.encode_demos(demo_images, demo_text, base_grad=False)
+    for site in app.sites:
+        assert torch.equal(with_grad.features[site], without.features[site])
+        (g_unet,) = torch.autograd.grad(with_grad.features[site].sum(), [app.unet.conv_in.weight], allow_unused=True,
+                                        retain_graph=True)
+        assert g_unet is not None and g_unet.abs().sum() > 0, site
+        if without.features[site].requires_grad:  # a projection (channels differ) still learns; the UNet does not
+            (g_none,) = torch.autograd.grad(without.features[site].sum(), [app.unet.conv_in.weight],
+                                            allow_unused=True, retain_graph=True)
+            assert g_none is None, site
+
+    def base_grads(base_grad: bool) -> list[torch.Tensor]:
+        app.zero_grad(set_to_none=True)
+        mem = app.encode_demos(demo_images, demo_text, base_grad=base_grad)
+        torch.nn.functional.mse_loss(app(sample, t, text, mem), noise).backward()
+        for name, p in app.demo_layers.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in app.unet.parameters()]
+
+    full, stopped = base_grads(True), base_grads(False)
+    assert any(not torch.allclose(a, b) for a, b in zip(full, stopped))
+    assert any(b.abs().sum() > 0 for b in stopped)  # the target pass still trains the base
+
+
 def test_zero_out_init_equals_base_and_trains_every_output_weight_at_once(pixel):
     """out_init=zero (ControlNet-style): open gates, zero output projection: the fresh
     apprentice is still the base, and at step 0 the output projections (not only the gates)

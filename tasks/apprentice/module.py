@@ -67,7 +67,7 @@ class ApprenticeLit(L.LightningModule):
             text = bb.encode_text(batch["prompts"])
             demo_x = bb.encode_images(batch["demos"].flatten(0, 1)).unflatten(0, (b, k))
             demo_t = bb.encode_text([t for row in batch["demo_texts"] for t in row]).unflatten(0, (b, k))
-        memory = self.app.encode_demos(demo_x, demo_t, mask)
+        memory = self.app.encode_demos(demo_x, demo_t, mask, base_grad=self.settings.demo_grad)
         g = self._generator()
         noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
         n_train = self.noise_scheduler.config.num_train_timesteps

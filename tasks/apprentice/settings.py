@@ -26,6 +26,7 @@ class TrainSettings:
     lr: float = 2e-4  # learning rate of the new demo layers
     train_base: bool = False  # also fine-tune the base UNet ...
     base_lr: float = 2e-5  # ... at this (lower) learning rate
+    demo_grad: bool = True  # with train_base: the base also learns through the demo pass (False: demos encoded without grad)
     weight_decay: float = 0.01  # AdamW weight decay (never on the gates)
     warmup_frac: float = 0.05  # linear warm-up, then cosine decay to 5%
     grad_clip: float = 1.0  # gradient-norm clipping (0: off)
