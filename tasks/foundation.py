@@ -157,7 +157,7 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
         return torch.as_tensor(images[idx]), tok(caps)
 
     lit = BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps, float(c.ema_decay),
-                  float(c.get("min_snr_gamma", 0.0)))
+                  float(c.min_snr_gamma))
     loss = fit(lit, loader(batch, cfg.seed + 4), c.steps, cfg.progress, name="base")
     unet = lit.final_unet()
     save_module(store, K.BASE, unet,

@@ -106,8 +106,18 @@ def test_load_G_keeps_rows_above_lambda(tmp_path):
     assert [r["sample_key"] for r in load_G(store, -1)] == ["y0", "y1", "y2", "y3", "y4"]
 
 
+def settings_with(**changes):
+    """The default config's training settings with some fields changed."""
+    from dataclasses import replace
+
+    from suti.config import compose
+    from suti.tasks.apprentice import TrainSettings
+
+    return replace(TrainSettings.from_cfg(compose(["workdir=/tmp/suti-unused"])), **changes)
+
+
 def test_batches_are_deterministic_per_step_with_cfg_dropout(tmp_path):
-    from suti.tasks.apprentice import GBatches, ImageSource, TrainSettings
+    from suti.tasks.apprentice import GBatches, ImageSource
 
     rng = np.random.default_rng(0)
     imgs = {f"k{i}": rng.integers(0, 255, (20, 28, 3), dtype=np.uint8) for i in range(6)}
@@ -115,7 +125,7 @@ def test_batches_are_deterministic_per_step_with_cfg_dropout(tmp_path):
              "demo_texts": ["t1", "t2", "t3", "t4"]},
             {"sample_key": "k5", "prompt": "a blue bowl", "demo_keys": ["k1"], "demo_texts": ["only"]}]
     src = ImageSource(None, 16, imgs)
-    s = TrainSettings(batch_size=8, demos=3, text_drop=0.0, demo_drop=0.0, demo_text_drop=0.0, seed=3)
+    s = settings_with(batch_size=8, demos=3, text_drop=0.0, demo_drop=0.0, demo_text_drop=0.0, seed=3)
     ds = GBatches(rows, src, s)
     a, b, c = ds.batch(5), ds.batch(5), ds.batch(6)
     assert torch.equal(a["target"], b["target"]) and a["prompts"] == b["prompts"] and torch.equal(a["mask"], b["mask"])
@@ -127,12 +137,12 @@ def test_batches_are_deterministic_per_step_with_cfg_dropout(tmp_path):
     # Resumed streams start at the restored step and see the same batches.
     resumed = next(iter(GBatches(rows, src, s, start_step=5)))
     assert torch.equal(resumed["demos"], a["demos"])
-    dropped = GBatches(rows, src, TrainSettings(batch_size=8, demos=3, text_drop=1.0, demo_drop=1.0, demo_text_drop=1.0))
+    dropped = GBatches(rows, src, settings_with(batch_size=8, demos=3, text_drop=1.0, demo_drop=1.0, demo_text_drop=1.0))
     d = dropped.batch(0)
     assert set(d["prompts"]) == {""} and not d["mask"].any() and {t for r in d["demo_texts"] for t in r} == {""}
     # demos_min: each example draws its demo count from demos_min..demos (a 1-image cluster still gives 1).
-    var = GBatches(rows, src, TrainSettings(batch_size=64, demos=3, demos_min=1, text_drop=0.0, demo_drop=0.0,
-                                            demo_text_drop=0.0, seed=3)).batch(0)
+    var = GBatches(rows, src, settings_with(batch_size=64, demos=3, demos_min=1, text_drop=0.0, demo_drop=0.0,
+                                           demo_text_drop=0.0, seed=3)).batch(0)
     counts = {(p, int(m.sum())) for p, m in zip(var["prompts"], var["mask"])}
     assert {n for p, n in counts if p == "a red mug"} == {1, 2, 3} and {n for p, n in counts if p == "a blue bowl"} == {1}
     for i, m in enumerate(var["mask"]):  # the masked-out slots carry neither an image nor a text

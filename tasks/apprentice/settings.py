@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from omegaconf import DictConfig
@@ -17,42 +17,41 @@ log = logging.getLogger("suti.apprentice")
 
 @dataclass
 class TrainSettings:
-    """Everything a training run of the apprentice needs (from ``cfg.apprentice``)."""
+    """Everything a training run of the apprentice needs, read from ``cfg.apprentice`` by
+    :meth:`from_cfg` (its defaults live in conf/apprentice/default.yaml only)."""
 
-    steps: int = 1500  # optimizer steps
-    batch_size: int = 16  # examples per step (per device)
-    demos: int = 3  # demonstrations per example (sampled from the cluster C_s), at most
-    demos_min: int | None = None  # fewest per example (the count is drawn from demos_min..demos); None: always demos
-    lr: float = 2e-4  # learning rate of the new demo layers
-    train_base: bool = False  # also fine-tune the base UNet ...
-    base_lr: float = 2e-5  # ... at this (lower) learning rate
-    demo_grad: bool = True  # with train_base: the base also learns through the demo pass (False: demos encoded without grad)
-    weight_decay: float = 0.01  # AdamW weight decay (never on the gates)
-    warmup_frac: float = 0.05  # linear warm-up, then cosine decay to 5%
-    grad_clip: float = 1.0  # gradient-norm clipping (0: off)
-    text_drop: float = 0.1  # CFG dropout of the prompt
-    demo_drop: float = 0.1  # CFG dropout of all demos of an example
-    demo_text_drop: float = 0.1  # dropout of each demo's own text (text-less demos at inference)
-    checkpoint_every: int = 200  # steps between checkpoints written to the store
-    log_every: int = 20  # steps between MLflow metric logs
-    accelerator: str = "auto"  # Lightning accelerator
-    strategy: str = "auto"  # Lightning strategy: auto | ddp | fsdp | ...
-    devices: Any = 1  # Lightning devices
-    precision: str = "32-true"  # Lightning precision (bf16-mixed on GPUs)
-    seed: int = 0  # batches, noise and new layers follow from it
-    progress: bool = False  # progress bar (a log line every few steps otherwise)
+    steps: int  # optimizer steps
+    batch_size: int  # examples per step (per device)
+    demos: int  # demonstrations per example (sampled from the cluster C_s), at most
+    demos_min: int | None  # fewest per example (the count is drawn from demos_min..demos); None: always demos
+    lr: float  # learning rate of the new demo layers
+    train_base: bool  # also fine-tune the base UNet ...
+    base_lr: float  # ... at this (lower) learning rate
+    demo_grad: bool  # with train_base: the base also learns through the demo pass (False: demos encoded without grad)
+    weight_decay: float  # AdamW weight decay (never on the gates)
+    warmup_frac: float  # linear warm-up, then cosine decay to 5%
+    grad_clip: float  # gradient-norm clipping (0: off)
+    text_drop: float  # CFG dropout of the prompt
+    demo_drop: float  # CFG dropout of all demos of an example
+    demo_text_drop: float  # dropout of each demo's own text (text-less demos at inference)
+    checkpoint_every: int  # steps between checkpoints written to the store
+    log_every: int  # steps between MLflow metric logs
+    accelerator: str  # Lightning accelerator
+    strategy: str  # Lightning strategy: auto | ddp | fsdp | ...
+    devices: Any  # Lightning devices
+    precision: str  # Lightning precision (bf16-mixed on GPUs)
+    seed: int  # batches, noise and new layers follow from it
+    progress: bool  # progress bar (a log line every few steps otherwise)
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig, dreamsuti: bool = False) -> "TrainSettings":
         a = cfg.apprentice
-        s = cls()
-        kw = {f: a.get(f, getattr(s, f)) for f in asdict(s) if f not in ("seed", "progress")}
+        kw = {f.name: a[f.name] for f in fields(cls) if f.name not in ("seed", "progress")}
         kw["seed"] = int(cfg.seed)
         kw["progress"] = bool(cfg.progress)
         if dreamsuti:
-            kw.update(steps=a.get("dreamsuti_steps", 500), lr=a.get("dreamsuti_lr", 1e-5),
-                      batch_size=a.get("dreamsuti_batch_size", 4), train_base=a.get("dreamsuti_train_base", True),
-                      base_lr=a.get("dreamsuti_lr", 1e-5), demos=1, demos_min=None)
+            kw.update(steps=a.dreamsuti_steps, lr=a.dreamsuti_lr, batch_size=a.dreamsuti_batch_size,
+                      train_base=a.dreamsuti_train_base, base_lr=a.dreamsuti_lr, demos=1, demos_min=None)
         out = cls(**kw)
         out.validate()
         return out

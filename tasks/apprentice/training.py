@@ -254,9 +254,9 @@ def needs_subprocess(cfg: DictConfig) -> bool:
     """Multi-device Lightning relaunches ``sys.argv[0]`` (a Prefect flow would start
     again, NOTES): such runs train in a subprocess of this module instead."""
     a = cfg.apprentice
-    devices = a.get("devices", 1)
+    devices = a.devices
     single = devices in (1, "1") or (isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices)) and len(devices) == 1
-    return not single or str(a.get("strategy", "auto")) not in ("auto", "single_device")
+    return not single or str(a.strategy) not in ("auto", "single_device")
 
 
 def train_in_subprocess(cfg: DictConfig, store, lam: float | None, run_name: str, run_id: str | None,
