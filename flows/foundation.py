@@ -68,9 +68,14 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
     images, scenes = F.load_pretrain(store)
     lg.info(f"pre-training corpus: {len(images)} renders")
     seconds, losses, reused, cached = {}, {}, [], []
+    apart = train_apart(cfg, store, overrides, finished, force)
     with mlflow_run(cfg, "foundation") as rid:
         for model in F.MODELS:
             meta = store.done_meta(K.foundation_done(model))
+            if model in apart:
+                seconds[model], losses[model] = meta["seconds"], meta["loss"]
+                to_cache(cfg, store, model)
+                continue
             if finished[model] and not force:
                 lg.info(f"{model}: finished earlier, reusing it")
                 seconds[model], losses[model] = meta["seconds"], meta["loss"]
@@ -120,6 +125,48 @@ def foundation_flow(overrides: list[str] | None = None, force: bool = False) -> 
 
 
 CHECKED = "foundation/checks.json"
+CHAINS = (("clip", "base"), ("identity", "rater"))  # the base trains on CLIP's text tower; the others need nothing
+
+
+def train_apart(cfg, store, overrides: list[str] | None, finished: dict, force: bool) -> list[str]:
+    """With `foundation.processes=2`, train the models still to train as two chains
+    (CLIP then the base; identity then the rater) in two worker processes at one torch
+    thread each, side by side; returns the models they trained ([] when there is nothing
+    to split: processes 1, or one chain left). Each worker logs to logs/foundation-*.log."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if int(cfg.foundation.processes) < 2:
+        return []
+    todo = {m for m in F.MODELS if force or not finished[m]}
+    todo -= {m for m in todo if not force and from_cache(cfg, store, m) is not None}
+    chains = [[m for m in chain if m in todo] for chain in CHAINS]
+    chains = [c for c in chains if c]
+    if len(chains) < 2:
+        return []
+    lg = logger()
+    logs = Path(cfg.workdir).expanduser() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for chain in chains:
+        log_path = logs / f"foundation-{'-'.join(chain)}.log"
+        cmd = [sys.executable, "-m", "suti.flows.foundation_worker", *[a for m in chain for a in ("--model", m)],
+               "--", *(overrides or []), "torch_threads=1"]
+        procs.append((chain, log_path, subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT)))
+        lg.info(f"foundation: training {' then '.join(chain)} in a worker process (1 thread), log {log_path}")
+    while any(p.poll() is None for _, _, p in procs):
+        time.sleep(30)
+        for chain, log_path, p in procs:
+            steps = [ln for ln in log_path.read_text(errors="replace").splitlines() if ": step " in ln or "trained " in ln]
+            if p.poll() is None and steps:
+                lg.info(f"foundation worker {'+'.join(chain)}: {steps[-1].split(' - ')[-1]}")
+    for chain, log_path, p in procs:
+        if p.returncode != 0:
+            lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            raise RuntimeError(f"foundation worker for {'+'.join(chain)} failed (exit {p.returncode}): "
+                               f"{lines[-1] if lines else 'no output'} (log {log_path})")
+    return [m for chain in chains for m in chain]
 
 
 def _finished(cfg, store, model: str) -> bool:

@@ -133,6 +133,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"filter.sweep values must be numbers or null, got {v!r}")
     _num(cfg, "num_workers", 1, 64, True)
     _num(cfg, "torch_threads", 1, 256, True)
+    _num(cfg, "foundation.processes", 1, 2, True)
     _num(cfg, "eval.images_per_prompt", 1, 64, True)
     _num(cfg, "eval.limit", 1, None, True)
     _num(cfg, "sweep.steps", 1, None, True)

@@ -108,6 +108,7 @@ class FoundationSchema:
     rater: RaterTrainSchema = MISSING
     base: BaseTrainSchema = MISSING
     eval: FoundationEvalSchema = MISSING
+    processes: int = MISSING
 
 
 @dataclass

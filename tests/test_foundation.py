@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from suti.models.scorers import Scorers
 from suti.tasks.foundation import MODELS, load_base_unet
@@ -105,6 +106,35 @@ def test_a_second_workdir_takes_the_foundation_from_the_cache(smoke, tmp_path):
     for m in MODELS:
         assert store2.get_bytes(f"foundation/{m}/model.pt") == store.get_bytes(f"foundation/{m}/model.pt")
     assert {"clip", "identity", "rater", "base"} <= set(rep) and "checks_reused" not in rep  # checked here
+
+
+@pytest.mark.slow  # a second smoke world and foundation (~2 min)
+def test_two_worker_processes_train_the_foundation_side_by_side(tmp_path, monkeypatch):
+    """foundation.processes=2: CLIP then the base, identity then the rater, in two worker
+    processes at one thread; the flow marks, caches, checks and registers them as usual."""
+    from conftest import smoke_overrides
+    from suti import keys as K
+    from suti.flows.common import prepare
+    from suti.flows.foundation import foundation_flow
+    from suti.flows.world import world_flow
+    from suti.tasks import foundation as F
+
+    monkeypatch.setenv("SUTI_CACHE", str(tmp_path / "cache"))  # train, do not copy the session's models
+    ov = smoke_overrides(tmp_path / "apart", "foundation.processes=2")
+    world_flow(overrides=ov)
+    rep = foundation_flow(overrides=ov)
+    assert rep["cached"] == [] and rep["reused"] == []
+    cfg, store = prepare(ov)
+    logs = tmp_path / "apart" / "logs"
+    for chain in (("clip", "base"), ("identity", "rater")):
+        text = (logs / f"foundation-{'-'.join(chain)}.log").read_text()
+        for m in chain:
+            assert f"trained {m} in" in text
+    for m in MODELS:
+        assert store.done_meta(K.foundation_done(m))["recipe"] == F.recipe(cfg, m)
+        assert rep["seconds"][m] > 0 and rep["loss"][m] == store.done_meta(K.foundation_done(m))["loss"]
+    assert set(rep["registered"]) == set(MODELS) and rep["clip"]["retrieval_top1"] >= 0
+    assert len(os.listdir(tmp_path / "cache" / "foundation")) == len(MODELS)  # each kept for other workdirs
 
 
 def test_training_target_follows_the_prediction_type():
