@@ -149,18 +149,25 @@ def train_apart(cfg, store, overrides: list[str] | None, finished: dict, force: 
     logs = Path(cfg.workdir).expanduser() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
-    for chain in chains:
-        log_path = logs / f"foundation-{'-'.join(chain)}.log"
-        cmd = [sys.executable, "-m", "suti.flows.foundation_worker", *[a for m in chain for a in ("--model", m)],
-               "--", *(overrides or []), "torch_threads=1"]
-        procs.append((chain, log_path, subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT)))
-        lg.info(f"foundation: training {' then '.join(chain)} in a worker process (1 thread), log {log_path}")
-    while any(p.poll() is None for _, _, p in procs):
-        time.sleep(30)
-        for chain, log_path, p in procs:
-            steps = [ln for ln in log_path.read_text(errors="replace").splitlines() if ": step " in ln or "trained " in ln]
-            if p.poll() is None and steps:
-                lg.info(f"foundation worker {'+'.join(chain)}: {steps[-1].split(' - ')[-1]}")
+    try:
+        for chain in chains:
+            log_path = logs / f"foundation-{'-'.join(chain)}.log"
+            cmd = [sys.executable, "-m", "suti.flows.foundation_worker", *[a for m in chain for a in ("--model", m)],
+                   "--", *(overrides or []), "torch_threads=1"]
+            with log_path.open("w") as out:
+                procs.append((chain, log_path, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)))
+            lg.info(f"foundation: training {' then '.join(chain)} in a worker process (1 thread), log {log_path}")
+        while any(p.poll() is None for _, _, p in procs):
+            time.sleep(30)
+            for chain, log_path, p in procs:
+                steps = [ln for ln in log_path.read_text(errors="replace").splitlines() if ": step " in ln or "trained " in ln]
+                if p.poll() is None and steps:
+                    lg.info(f"foundation worker {'+'.join(chain)}: {steps[-1].split(' - ')[-1]}")
+    finally:  # an interrupted flow leaves no worker behind (a rerun trains what has no done marker)
+        for _, _, p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for chain, log_path, p in procs:
         if p.returncode != 0:
             lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
