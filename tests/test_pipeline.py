@@ -89,7 +89,7 @@ def test_filter_sizes_non_increasing(engine):
     assert store.exists("filter/delta_histogram.png")
 
 
-@pytest.mark.slow  # ~3 min alone: 8 eval flows; CI (.ci/run) runs it with the slow checks
+@pytest.mark.slow  # 284.7 s alone with its fixtures (8 eval flows); CI (.ci/run) runs it with the slow checks
 def test_sweep_nests_runs_and_eval_promote(engine):
     import mlflow
 
