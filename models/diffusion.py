@@ -47,10 +47,17 @@ def make_scheduler(kind: str, num_train_timesteps: int = 1000, beta_schedule: st
 
 
 def schedule_config(backbone) -> dict:
-    """The noise schedule a backbone config names: what training and sampling must agree on."""
+    """The noise schedule a backbone config names: what training and sampling must agree on.
+    Every value comes from `conf/backbone/<name>.yaml` (a backbone trained here must name its
+    beta schedule; a pipeline folder's scheduler config names its own)."""
+    if backbone.beta_schedule is None:
+        from suti.config import ConfigError
+
+        raise ConfigError(f"backbone {backbone.name!r} trains its UNet here but names no beta_schedule "
+                          f"(set backbone.beta_schedule, e.g. squaredcos_cap_v2)")
     return {"num_train_timesteps": int(backbone.num_train_timesteps),
-            "beta_schedule": str(backbone.get("beta_schedule", "squaredcos_cap_v2")),
-            "prediction_type": str(backbone.get("prediction_type", "epsilon"))}
+            "beta_schedule": str(backbone.beta_schedule),
+            "prediction_type": str(backbone.prediction_type)}
 
 
 def guided_scheduler(kind: str, guidance: float, backbone=None):

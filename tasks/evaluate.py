@@ -120,7 +120,7 @@ def eval_settings(cfg, store, split: str, limit: int | None) -> dict:
 
 def _demo_guidance(cfg) -> dict:
     """``eval.demo_guidance``, keyed only when set (results made before it existed keep their keys)."""
-    dg = cfg.eval.get("demo_guidance")
+    dg = cfg.eval.demo_guidance
     return {} if dg is None else {"demo_guidance": float(dg)}
 
 
@@ -324,7 +324,7 @@ def apprentice_images(app, case: SubjectCase, recs: list[dict], n: int, seeds: l
     for r, s in zip(recs, seeds):
         out += app.generate(list(d[:k]), list(t[:k]), r["text"], num_images=n, guidance=cfg.eval.guidance,
                             scheduler=cfg.eval.scheduler, steps=cfg.eval.sample_steps, seed=s,
-                            demo_guidance=cfg.eval.get("demo_guidance"))
+                            demo_guidance=cfg.eval.demo_guidance)
     return np.stack(out)
 
 
@@ -430,7 +430,7 @@ def dreambench_eval(cfg, store, scorers, app, backbone, limit: int | None, n: in
         b = base_images(cfg, backbone, recs, n, seeds)
         a = np.concatenate([np.stack(app.generate(list(demos), None, r["text"], num_images=n, guidance=cfg.eval.guidance,
                                                   scheduler=cfg.eval.scheduler, steps=cfg.eval.sample_steps, seed=sd,
-                                                  demo_guidance=cfg.eval.get("demo_guidance")))
+                                                  demo_guidance=cfg.eval.demo_guidance))
                             for r, sd in zip(recs, seeds)]) if app is not None else None
         for name, ims in (("base", b), ("apprentice", a)):
             if ims is None:

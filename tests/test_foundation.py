@@ -137,6 +137,18 @@ def test_two_worker_processes_train_the_foundation_side_by_side(tmp_path, monkey
     assert len(os.listdir(tmp_path / "cache" / "foundation")) == len(MODELS)  # each kept for other workdirs
 
 
+def test_schedule_comes_from_the_backbone_yaml_only():
+    from suti.config import ConfigError, compose
+    from suti.models.diffusion import schedule_config
+
+    tiny = compose(["workdir=/tmp/suti-unused"]).backbone
+    assert schedule_config(tiny) == {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+                                     "prediction_type": "v_prediction"}
+    sd = compose(["workdir=/tmp/suti-unused", "backbone=stable-diffusion", "backbone.path=/nowhere"]).backbone
+    with pytest.raises(ConfigError, match="beta_schedule"):  # no schedule made up for a backbone that names none
+        schedule_config(sd)
+
+
 def test_training_target_follows_the_prediction_type():
     import torch
 

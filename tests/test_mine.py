@@ -8,12 +8,14 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from suti.config import compose
 from suti.store import FileStore
 from suti.tasks import mine as M
 from suti.tasks import prompts as P
@@ -235,7 +237,7 @@ def test_calibration_rule_on_synthetic_embeddings():
             return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     images = rng.integers(0, 256, (40, 8, 8, 3)).astype(np.uint8)
-    mc = M.MineConfig()
+    mc = M.MineConfig.from_cfg(compose(["workdir=/tmp/suti-unused"]))
     band = M.calibrate_band(emb, np.asarray(owner), [4] * 30, images, FakeScorers(), mc, seed=0)
     cal = band.calibration
     assert band.auto and band.lo == pytest.approx(cal["pseudo_cluster_means"]["q0.99"], abs=1e-5)
@@ -243,7 +245,7 @@ def test_calibration_rule_on_synthetic_embeddings():
     assert band.hi == pytest.approx(dup - mc.dup_margin * (dup - cal["random_pairs"]["q0.5"]), abs=1e-5)
     true_means = [M.mean_pairwise_cosine(emb[np.asarray(owner) == ci]) for ci in range(30)]
     assert np.mean([band.lo <= m <= band.hi for m in true_means]) > 0.9  # same-centre clusters fall in the band
-    fixed = M.calibrate_band(emb, np.asarray(owner), [4] * 30, images, FakeScorers(), M.MineConfig(band=[0.1, 0.9]), 0)
+    fixed = M.calibrate_band(emb, np.asarray(owner), [4] * 30, images, FakeScorers(), replace(mc, band=[0.1, 0.9]), 0)
     assert (fixed.lo, fixed.hi, fixed.auto) == (0.1, 0.9, False) and fixed.calibration["auto_band"]
 
 
@@ -252,11 +254,14 @@ def test_mine_config_is_validated():
 
     from suti.config import ConfigError
 
-    assert M.MineConfig.from_cfg(OmegaConf.create({})).band is None
-    assert M.MineConfig.from_cfg(OmegaConf.create({"mine": {"band": [0.5, 0.9]}})).band == [0.5, 0.9]
+    default = OmegaConf.to_container(compose(["workdir=/tmp/suti-unused"]).mine)
+    assert M.MineConfig.from_cfg(OmegaConf.create({"mine": default})).band is None
+    assert M.MineConfig.from_cfg(OmegaConf.create({"mine": {**default, "band": [0.5, 0.9]}})).band == [0.5, 0.9]
     for bad in ({"band": [0.9, 0.5]}, {"band": [0.5]}, {"shard_size": 0}, {"merger": "llm"}, {"bogus": 1}):
         with pytest.raises(ConfigError):
-            M.MineConfig.from_cfg(OmegaConf.create({"mine": bad}))
+            M.MineConfig.from_cfg(OmegaConf.create({"mine": {**default, **bad}}))
+    with pytest.raises(ConfigError, match="not set"):  # no defaults outside the YAML
+        M.MineConfig.from_cfg(OmegaConf.create({"mine": {"band": None}}))
 
 
 def _clusters(n: int):

@@ -235,7 +235,7 @@ def sample_grid(apprentice: "Apprentice", rows: list[dict], images: ImageSource,
         if len(picked) >= n_rows:
             break
     out = []
-    k = apprentice.defaults.get("demos", 3)
+    k = int(apprentice.defaults["demos"])
     for i, r in enumerate(picked):
         keys = list(r["demo_keys"])[:k]
         demos = [images.get(key) for key in keys]

@@ -16,37 +16,41 @@ REASONS = ("kept", "too_small", "below_band", "above_band")
 
 @dataclass
 class MineConfig:
-    """Options of the `mine` config key (defaults here; `conf/mine/default.yaml` mirrors them)."""
-    band: list[float] | None = None  # [lo, hi] on the mean intra-cluster CLIP cosine; None = calibrate
-    min_images: int = 3  # the paper drops clusters with fewer readable images
-    shard_size: int = 256  # clusters per output shard
-    null_pairs: int = 20000  # random cross-page image pairs (different subjects) for the calibration
-    null_clusters: int = 2000  # random pseudo-clusters of images from different pages
-    null_quantile: float = 0.99  # lo = this quantile of the pseudo-cluster means (the statistic we threshold)
-    dup_images: int = 500  # images copied with tiny pixel noise for the near-duplicate level
-    dup_noise: int = 6  # +- pixel noise of a near-identical copy (re-encoding, mirroring)
-    dup_quantile: float = 0.01  # hi = this quantile of the copy-pair cosines ...
-    dup_margin: float = 0.02  # ... minus this fraction of its gap to the median random pair (scale-free)
-    merger: str = "rule"  # rule | llm  (llm: `llm_complete` names the client)
-    prompt_writer: str = "template"  # template | llm
-    llm_complete: str | None = None  # "module:function", a complete(prompt: str) -> str; no network in our code
-    batch_size: int = 256  # images per scorer batch
-    threads: int = 1  # torch threads while scoring: tiny models need no more, and on a busy machine
-    #                   more threads than free cores stall inference (40x slower measured)
+    """Options of the `mine` config key. Their values live in `conf/mine/default.yaml` only
+    (suti/schema.py MineSchema types them); this class has no defaults of its own."""
+    band: list[float] | None  # [lo, hi] on the mean intra-cluster CLIP cosine; None = calibrate
+    min_images: int  # the paper drops clusters with fewer readable images
+    shard_size: int  # clusters per output shard
+    null_pairs: int  # random cross-page image pairs (different subjects) for the calibration
+    null_clusters: int  # random pseudo-clusters of images from different pages
+    null_quantile: float  # lo = this quantile of the pseudo-cluster means (the statistic we threshold)
+    dup_images: int  # images copied with tiny pixel noise for the near-duplicate level
+    dup_noise: int  # +- pixel noise of a near-identical copy (re-encoding, mirroring)
+    dup_quantile: float  # hi = this quantile of the copy-pair cosines ...
+    dup_margin: float  # ... minus this fraction of its gap to the median random pair (scale-free)
+    merger: str  # rule | llm  (llm: `llm_complete` names the client)
+    prompt_writer: str  # template | llm
+    llm_complete: str | None  # "module:function", a complete(prompt: str) -> str; no network in our code
+    batch_size: int  # images per scorer batch
+    threads: int  # torch threads while scoring: tiny models need no more, and on a busy machine
+    #               more threads than free cores stall inference (40x slower measured)
 
     @classmethod
     def from_cfg(cls, cfg) -> "MineConfig":
-        """Defaults overridden by `cfg.mine` (absent keys keep their defaults)."""
+        """`cfg.mine` of a composed config (every key given; unknown or missing keys are one ConfigError)."""
         from omegaconf import OmegaConf
+
+        from suti.config import ConfigError
 
         node = cfg.get("mine", None) if cfg is not None else None
         given = OmegaConf.to_container(node, resolve=True) if node is not None and not isinstance(node, dict) else dict(node or {})
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(given) - known
+        known = list(cls.__dataclass_fields__)
+        unknown = set(given) - set(known)
         if unknown:
-            from suti.config import ConfigError
-
             raise ConfigError(f"unknown mine option(s) {', '.join(sorted(unknown))} (choose from {', '.join(sorted(known))})")
+        missing = [k for k in known if k not in given]
+        if missing:
+            raise ConfigError(f"mine option(s) {', '.join(missing)} not set (conf/mine/default.yaml gives them all)")
         mc = cls(**given)
         mc.validate()
         return mc
