@@ -60,10 +60,9 @@ def schedule_config(backbone) -> dict:
             "prediction_type": str(backbone.prediction_type)}
 
 
-def guided_scheduler(kind: str, guidance: float, backbone=None):
-    """The sampling scheduler for a guidance scale: dynamic thresholding from 10 up."""
-    kw = schedule_config(backbone) if backbone is not None else {}
-    return make_scheduler(kind, thresholding=guidance >= 10, **kw)
+def guided_scheduler(kind: str, guidance: float, backbone):
+    """The sampling scheduler for a guidance scale on `backbone`'s schedule: dynamic thresholding from 10 up."""
+    return make_scheduler(kind, thresholding=guidance >= 10, **schedule_config(backbone))
 
 
 def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -172,7 +172,7 @@ def finetune(unet, clip, clip_name: str, images: np.ndarray, texts: list[str], e
 
 
 def sample_prompts(unet, clip, clip_name: str, prompts: list[str], n_per_prompt: int, kind: str, steps: int,
-                   guidance: float, seed: int, backbone=None) -> np.ndarray:
+                   guidance: float, seed: int, backbone) -> np.ndarray:
     """Sample `n_per_prompt` images for each prompt with classifier-free guidance
     (`backbone`: its schedule and prediction type)."""
     tok = tokenizer(clip_name)

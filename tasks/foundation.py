@@ -177,9 +177,9 @@ def load_base_unet(cfg: DictConfig, store):
 
 
 def generate_base(unet, clip, clip_name: str, prompts: list[str], cfg_sampling, seed: int, batch: int = 50,
-                  backbone=None) -> np.ndarray:
-    """Sample one image per prompt from a text-conditioned UNet with CFG (`backbone`: its
-    schedule and prediction type; the default schedule when None)."""
+                  *, backbone) -> np.ndarray:
+    """Sample one image per prompt from a text-conditioned UNet with CFG (`backbone`: the config
+    naming its schedule and prediction type)."""
     tok = tokenizer(clip_name)
     sched = guided_scheduler(cfg_sampling.scheduler, cfg_sampling.guidance, backbone)
     res = unet.config.sample_size
