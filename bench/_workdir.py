@@ -15,6 +15,19 @@ def open_workdir(workdir: str, profile: str = "default"):
     return cfg, open_store(str(cfg.storage.uri))
 
 
+def foundation_inputs(cfg, store):
+    """What a foundation recipe bench trains and checks on: the workdir's pre-training renders
+    (images, scenes) and the held-out check scenes with their renders, as the foundation checks use."""
+    import numpy as np
+
+    from suti.tasks import foundation as F
+    from suti.world.render import render
+
+    images, scenes = F.load_pretrain(store)
+    checks = F.heldout_renders(cfg, store, int(cfg.foundation.eval.heldout_renders))
+    return images, scenes, checks, np.stack([render(s, cfg.world.resolution) for s in checks])
+
+
 def parse_recipe(recipe: str) -> dict:
     """"k=v,k=v" -> {k: value}, values read as YAML (and 1e-4, a string to YAML 1.1, as a number)."""
     import yaml

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _workdir import open_workdir, train_recipe
+from _workdir import foundation_inputs, open_workdir, train_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,19 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
     from suti.models.foundation import IdentityNet
     from suti.models.scorers import Scorers, load_state
     from suti.tasks import foundation as F
-    from suti.world.render import render
 
     cfg, src = open_workdir(args.workdir, args.profile)
-    images, scenes = F.load_pretrain(src)
-    checks = F.heldout_renders(cfg, src, int(cfg.foundation.eval.heldout_renders))
-    check_ims = np.stack([render(s, cfg.world.resolution) for s in checks])
+    images, scenes, checks, check_ims = foundation_inputs(cfg, src)
     val = val_slots(cfg, src, args.val_eval) if args.val_eval else None
     rows = []
     for recipe in args.recipe or [""]:

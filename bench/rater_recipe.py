@@ -16,7 +16,7 @@ import argparse
 import collections
 import json
 
-from _workdir import open_workdir, train_recipe
+from _workdir import foundation_inputs, open_workdir, train_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,19 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
     from suti.models.foundation import RaterNet
     from suti.models.scorers import Scorers, load_state
     from suti.tasks import foundation as F
-    from suti.world.render import render
 
     cfg, src = open_workdir(args.workdir, args.profile)
-    images, scenes = F.load_pretrain(src)
-    checks = F.heldout_renders(cfg, src, int(cfg.foundation.eval.heldout_renders))
-    check_ims = np.stack([render(s, cfg.world.resolution) for s in checks])
+    images, scenes, checks, check_ims = foundation_inputs(cfg, src)
 
     def acc_by(key, pred):
         tally = collections.defaultdict(lambda: [0, 0])
