@@ -18,14 +18,10 @@ def open_workdir(workdir: str, profile: str = "default"):
 def foundation_inputs(cfg, store):
     """What a foundation recipe bench trains and checks on: the workdir's pre-training renders
     (images, scenes) and the held-out check scenes with their renders, as the foundation checks use."""
-    import numpy as np
-
     from suti.tasks import foundation as F
-    from suti.world.render import render
 
     images, scenes = F.load_pretrain(store)
-    checks = F.heldout_renders(cfg, store, int(cfg.foundation.eval.heldout_renders))
-    return images, scenes, checks, np.stack([render(s, cfg.world.resolution) for s in checks])
+    return (images, scenes, *F.heldout_checks(cfg, store, int(cfg.foundation.eval.heldout_renders)))
 
 
 def parse_recipe(recipe: str) -> dict:

@@ -205,6 +205,12 @@ def heldout_renders(cfg: DictConfig, store, n: int) -> list[Scene]:
     return [random_scene(rng, subjects[i % len(subjects)]) for i in range(n)]
 
 
+def heldout_checks(cfg: DictConfig, store, n: int) -> tuple[list[Scene], np.ndarray]:
+    """``n`` held-out check scenes (`heldout_renders`) and their renders at the world's resolution."""
+    scenes = heldout_renders(cfg, store, n)
+    return scenes, np.stack([render(s, cfg.world.resolution) for s in scenes])
+
+
 def rater_checks(scenes: list[Scene], pred: list[dict]) -> dict:
     """How often the rater's labels of renders match the scenes' truth."""
     def acc(key):
@@ -222,9 +228,7 @@ def rater_checks(scenes: list[Scene], pred: list[dict]) -> dict:
 def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dict:
     """The foundation checks of the issue, on held-out renders."""
     sc = Scorers.load(store, cfg.backbone.clip_config, cfg.world.resolution)
-    scenes = heldout_renders(cfg, store, cfg.foundation.eval.heldout_renders)
-    R = cfg.world.resolution
-    ims = np.stack([render(s, R) for s in scenes])
+    scenes, ims = heldout_checks(cfg, store, cfg.foundation.eval.heldout_renders)
     caps = [generic_caption(s) for s in scenes]
     res: dict = {}
 
@@ -247,9 +251,8 @@ def evaluate(cfg: DictConfig, store, base_unet=None, untrained_unet=None) -> dic
 
     # base model vs untrained, on generic held-out prompts
     n = cfg.foundation.eval.base_prompts
-    ps = heldout_renders(cfg, store, n)
+    ps, real = heldout_checks(cfg, store, n)
     prompts = [generic_caption(s) for s in ps]
-    real = np.stack([render(s, R) for s in ps])
     res["real_clip_t"] = float(sc.clip_t(real, prompts).mean())
     samples = {}
     for name, unet in (("base", base_unet), ("untrained", untrained_unet)):
