@@ -9,6 +9,7 @@ Prints JSON: seconds per step, seconds per sampled batch, added parameters, demo
 
     .venv/bin/python bench/demo_site_cost.py --setting down_up:0 --setting all:0 --setting all:16 --setting all:8
     .venv/bin/python bench/demo_site_cost.py --setting down_up:0 --setting down_up:0:base --setting down_up:0:base-nodemograd
+    .venv/bin/python bench/demo_site_cost.py --setting down_up:0:base --text   # + the text tower's share of a step
 
 A setting is SITES:POOL[:BASE], BASE = frozen (default) | base (the base UNet trains too, apprentice.train_base)
 | base-nodemograd (it trains, but the demo pass records no graph: apprentice.demo_grad=false).
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--demos", type=int, default=3)
+    ap.add_argument("--text", action="store_true",
+                    help="also time the batch's prompts and demo texts through the profile's text tower (untrained), "
+                         "as the training step encodes them: each step anew vs the training's text cache")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch's default); 1 beside another torch job (two 2-thread jobs on 2 cores spin)")
     args = ap.parse_args(argv)
@@ -117,10 +121,50 @@ def main(argv: list[str] | None = None) -> int:
                     "train_s_per_step": round(min(st["train"]), 4),
                     "train_vs_first": round(min(st["train"]) / ref, 3),
                     "sample_s_per_request": round(min(st["sample"]), 4)})
-    print(json.dumps({"benchmark": "demo_site_cost", "profile": args.profile, "batch": B, "demos": K,
-                      "resolution": R, "sample_steps": args.sample_steps, "images_per_request": n,
-                      "threads": torch.get_num_threads(), "results": out}, indent=2))
+    doc = {"benchmark": "demo_site_cost", "profile": args.profile, "batch": B, "demos": K,
+           "resolution": R, "sample_steps": args.sample_steps, "images_per_request": n,
+           "threads": torch.get_num_threads(), "results": out}
+    if args.text:
+        doc["text"] = text_cost(cfg, B, K, args.rounds, ref)
+    print(json.dumps(doc, indent=2))
     return 0
+
+
+def text_cost(cfg, batch: int, demos: int, rounds: int, step_s: float) -> dict:
+    """A step's B prompts and B x K demo texts (world-like captions, a tenth empty as after dropout)
+    through the text tower: encoded each step (the step before the cache) vs looked up in
+    `tasks.apprentice.module.TextStates` once its strings are in it."""
+    import numpy as np
+    import torch
+
+    from suti.models.clip import build_clip, text_hidden_states, tokenizer
+    from suti.tasks.apprentice.module import TextStates
+
+    name = str(cfg.backbone.clip_config)
+    clip = build_clip(name, image_size=int(cfg.world.resolution)).eval()
+    tok = tokenizer(name)
+    rng = np.random.default_rng(0)
+    words = "red blue green striped dotted robot toy mug plush star emblem on a wooden floor in the snow".split()
+    pool = [" ".join(rng.choice(words, size=int(rng.integers(6, 16)))) for _ in range(200)] + [""] * 20
+    batches = [[pool[int(i)] for i in rng.integers(0, len(pool), batch * (1 + demos))] for _ in range(rounds + 1)]
+    cache = TextStates(lambda ts: text_hidden_states(clip, tok(list(ts))))
+    with torch.no_grad():
+        for b in batches:  # warm-up; fills the cache with every string of the pool the rounds use
+            text_hidden_states(clip, tok(b[:batch]))
+            text_hidden_states(clip, tok(b[batch:]))
+            cache(b)
+        t0 = time.perf_counter()
+        for b in batches[1:]:
+            text_hidden_states(clip, tok(b[:batch]))
+            text_hidden_states(clip, tok(b[batch:]))
+        anew = (time.perf_counter() - t0) / rounds
+        t0 = time.perf_counter()
+        for b in batches[1:]:
+            cache(b[:batch])
+            cache(b[batch:])
+        cached = (time.perf_counter() - t0) / rounds
+    return {"texts_per_step": batch * (1 + demos), "encoded_s_per_step": round(anew, 4),
+            "cached_s_per_step": round(cached, 5), "encoded_vs_first_setting_step": round(anew / step_s, 3)}
 
 
 if __name__ == "__main__":

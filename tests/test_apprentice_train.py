@@ -432,6 +432,39 @@ def test_dreamsuti_finetunes_on_one_subject(trained):
         dreamsuti(cfg, store, app, images[:1], ["x"], "one")
 
 
+def test_text_states_encode_each_string_once_and_equal_the_batched_tower(trained):
+    """The training step's text cache: a string repeated across batches is encoded once, its
+    states equal the text tower's on a whole batch, and they do not depend on the batch that
+    first asked for them (a resumed run sees the same tensors)."""
+    from suti.models.backbone import load_backbone
+    from suti.tasks.apprentice.module import TextStates
+
+    bb = load_backbone(trained["cfg"], trained["store"])
+    texts = [r["prompt"] for r in trained["rows"][:6]] + ["", "a photo of a toy"]
+    calls = []
+
+    def encode(batch):
+        calls.append(list(batch))
+        return bb.encode_text(batch)
+
+    with torch.no_grad():
+        cache = TextStates(encode)
+        first = cache(texts + texts[:3])
+        again = cache(list(reversed(texts)))
+        batched = bb.encode_text(texts)
+        other = TextStates(bb.encode_text)
+        other(texts[4:])  # another order of first requests
+        reordered = other(texts)
+    assert sorted(c[0] for c in calls) == sorted(set(texts)) and all(len(c) == 1 for c in calls)
+    assert (cache.misses, cache.hits) == (len(set(texts)), 2 * len(texts) + 3 - len(set(texts)))
+    assert torch.allclose(first[: len(texts)], batched, atol=1e-5)
+    assert torch.equal(first[len(texts):], first[:3]) and torch.equal(again, first[: len(texts)].flip(0))
+    assert torch.equal(reordered, first[: len(texts)])
+    small = TextStates(bb.encode_text, max_bytes=2 * first[0].numel() * first[0].element_size())
+    small(texts)
+    assert len(small._states) == 2 and list(small._states) == texts[-2:]
+
+
 # ---------------------------------------------------------------------------- kill and resume
 
 

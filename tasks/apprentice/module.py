@@ -19,6 +19,42 @@ log = logging.getLogger("suti.apprentice")
 
 
 METRIC_PREFIX = "apprentice"
+TEXT_CACHE_BYTES = 1 << 30  # text states kept per training process (the tiny backbone's are 16 KB a string)
+
+
+class TextStates:
+    """The frozen text tower's states per string, computed once and kept (least recently
+    used first out past ``max_bytes``). A G batch repeats its prompts and demo texts from a
+    few thousand strings, so after the first steps a training step encodes almost none.
+
+    Each new string is encoded alone, so its states never depend on which batch first
+    asked for it: a resumed run gets the same tensors as an uninterrupted one."""
+
+    def __init__(self, encode, max_bytes: int = TEXT_CACHE_BYTES):
+        from collections import OrderedDict
+
+        self.encode, self.max_bytes = encode, int(max_bytes)
+        self._states: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for t in texts:
+            v = self._states.get(t)
+            if v is None:
+                self.misses += 1
+                v = self.encode([t])[0]
+                self._states[t] = v
+                self._bytes += v.numel() * v.element_size()
+                while self._bytes > self.max_bytes and len(self._states) > 1:
+                    _, old = self._states.popitem(last=False)
+                    self._bytes -= old.numel() * old.element_size()
+            else:
+                self.hits += 1
+                self._states.move_to_end(t)
+            out.append(v)
+        return torch.stack(out)
 
 
 # ---------------------------------------------------------------------------- lightning module
@@ -38,6 +74,7 @@ class ApprenticeLit(L.LightningModule):
         self.noise_scheduler = backbone.noise_scheduler()
         app.freeze_base(not settings.train_base)
         self.strict_loading = bool(settings.train_base)
+        self.texts = TextStates(backbone.encode_text)
 
     @property
     def backbone(self) -> Backbone:
@@ -64,9 +101,9 @@ class ApprenticeLit(L.LightningModule):
         b, k = mask.shape
         with torch.no_grad():
             x0 = bb.encode_images(batch["target"])
-            text = bb.encode_text(batch["prompts"])
+            text = self.texts(batch["prompts"])
             demo_x = bb.encode_images(batch["demos"].flatten(0, 1)).unflatten(0, (b, k))
-            demo_t = bb.encode_text([t for row in batch["demo_texts"] for t in row]).unflatten(0, (b, k))
+            demo_t = self.texts([t for row in batch["demo_texts"] for t in row]).unflatten(0, (b, k))
         memory = self.app.encode_demos(demo_x, demo_t, mask, base_grad=self.settings.demo_grad)
         g = self._generator()
         noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
