@@ -1,11 +1,13 @@
-"""Do channels-last memory or `torch.compile` make the foundation's CPU training steps cheaper?
+"""Do channels-last memory, bf16 autocast or `torch.compile` make the foundation's CPU training steps cheaper?
 
 The default profile's rater (ConvTrunk, the batch of real + corrupted renders the rater
 trains on) and base UNet (batch of the base recipe, text states of the tiny CLIP width), at
 untrained weights (the cost does not depend on them), each timed as a full AdamW training
 step (forward, backward, step) in every mode: `eager` (how they train today),
-`channels_last` (inputs and weights in NHWC) and `compile` (`torch.compile`, inductor,
-compiled once before timing; the compile seconds are reported apart). Modes are timed
+`channels_last` (inputs and weights in NHWC), `bf16` (the forward under bfloat16 autocast,
+fp32 weights and optimizer: Lightning's `bf16-mixed`; pays only on CPUs with AVX-512 BF16 or
+AMX, which `cpu_flags` reports) and `compile` (`torch.compile`, inductor, compiled once
+before timing; the compile seconds are reported apart). Modes are timed
 round-robin, so a busy machine slows each alike. Prints JSON: seconds per step per mode
 and the ratio to eager, plus the largest difference of one step's loss to eager's (the
 same math must give the same loss).
@@ -58,13 +60,49 @@ def base_case(cfg, torch):
     return unet, (x, t, text), loss_fn
 
 
-CASES = {"rater": rater_case, "base": base_case}
+def clip_case(cfg, torch):
+    from suti.models.clip import build_clip, clip_loss, image_pixels, tokenizer
+
+    c = cfg.foundation.clip
+    r = int(cfg.world.resolution)
+    model = build_clip(cfg.backbone.clip_config, image_size=r, seed=0)
+    g = torch.Generator().manual_seed(1)
+    b = int(c.batch_size)
+    images = torch.randint(0, 255, (b, r, r, 3), generator=g, dtype=torch.uint8)
+    tokens = tokenizer(cfg.backbone.clip_config)([f"a photo of thing number {i}" for i in range(b)])
+
+    def loss_fn(model, images, tokens):
+        same = (tokens[:, None, :] == tokens[None, :, :]).all(-1)
+        return clip_loss(model.encode_image(image_pixels(images)), model.encode_text(tokens), model.logit_scale, same)
+
+    return model, (images, tokens), loss_fn
+
+
+CASES = {"rater": rater_case, "base": base_case, "clip": clip_case}
+MODES = ["eager", "channels_last", "bf16", "bf16_channels_last", "compile"]
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's bf16 matrix features (empty: bf16 autocast has no fast kernels here)."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return []
+    return sorted({f for f in flags if f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")})
+
+
+def autocast_fn(fn, torch):
+    def run(*a):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(*a)
+        return out.float()
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", choices=sorted(CASES), default=[])
-    ap.add_argument("--mode", action="append", choices=["eager", "channels_last", "compile"], default=[])
+    ap.add_argument("--mode", action="append", choices=MODES, default=[])
     ap.add_argument("--profile", default="default")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per mode (after one warm-up)")
     ap.add_argument("--steps", type=int, default=3, help="training steps per round")
@@ -78,19 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     from suti.config import compose
 
     cfg = compose([f"profile={args.profile}", "workdir=/tmp/suti-train-step-speed"])
-    modes = args.mode or ["eager", "channels_last", "compile"]
+    modes = args.mode or MODES
     results = []
-    for name in args.model or ["rater", "base"]:
+    for name in args.model or ["rater", "base", "clip"]:
         model0, inputs, loss_fn = CASES[name](cfg, torch)
         runs = []
         for mode in modes:
             model = copy.deepcopy(model0).train()
             xs = tuple(x.contiguous(memory_format=torch.channels_last)
-                       if mode == "channels_last" and x.dim() == 4 and x.is_floating_point() else x for x in inputs)
-            if mode == "channels_last":
+                       if mode.endswith("channels_last") and x.dim() == 4 and x.is_floating_point() else x for x in inputs)
+            if mode.endswith("channels_last"):
                 model = model.to(memory_format=torch.channels_last)
             fn = loss_fn
             compile_s = None
+            if mode.startswith("bf16"):
+                fn = autocast_fn(loss_fn, torch)
             if mode == "compile":
                 t0 = time.perf_counter()
                 fn = torch.compile(loss_fn)
@@ -118,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                             "vs_first": round(min(r["times"]) / ref, 3), "compile_s": r["compile_s"],
                             "first_loss_diff": abs(r["first_loss"] - runs[0]["first_loss"])})
     print(json.dumps({"benchmark": "train_step_speed", "profile": args.profile, "threads": torch.get_num_threads(),
+                      "cpu_flags": cpu_flags(),
                       "steps_per_round": args.steps, "rounds": args.rounds, "results": results}, indent=2))
     return 0
 

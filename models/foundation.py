@@ -273,9 +273,33 @@ class StepLog(L.Callback):
                           f" ({rate:.3f} s/step, ~{rate * (self.total - step):.0f} s left)")
 
 
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX-512 BF16): without them,
+    bf16 autocast is emulated and slower than fp32 (bench/train_step_speed.py)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(precision: str) -> str:
+    """A foundation model's training precision as Lightning takes it: `auto` is bf16-mixed on a
+    CPU with fast bf16 kernels, else 32-true."""
+    from suti.config import TRAIN_PRECISIONS
+
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"training precision must be {', '.join(TRAIN_PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16-mixed" if fast_bf16_cpu() else "32-true"
+    return precision
+
+
 def fit(module: L.LightningModule, train_loader, max_steps: int, progress: bool = True, logger=None,
-        name: str | None = None, callbacks: list | None = None) -> float:
-    """Run a Lightning fit for `max_steps`; returns the last logged loss."""
+        name: str | None = None, callbacks: list | None = None, precision: str = "32-true") -> float:
+    """Run a Lightning fit for `max_steps` at a Lightning `precision` (32-true, or bf16-mixed:
+    the forward under bf16 autocast, fp32 weights and optimizer); returns the last logged loss."""
     import logging
     import sys
 
@@ -283,6 +307,7 @@ def fit(module: L.LightningModule, train_loader, max_steps: int, progress: bool 
         logging.getLogger(name_).setLevel(logging.WARNING)  # GPU/TPU availability banners on every fit
     cbs = list(callbacks or []) + [StepLog(name or module.__class__.__name__, max_steps, max(10, max_steps // 20))]
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=logger or False, callbacks=cbs,
+                        precision=resolve_precision(precision),
                         enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=progress and sys.stderr.isatty(),
                         log_every_n_steps=max(1, min(50, max_steps // 10)), num_sanity_val_steps=0)

@@ -15,6 +15,7 @@ OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).expanduser().re
 
 BACKBONES = ("tiny", "stable-diffusion")
 SCHEDULERS = ("ddpm", "ddim", "dpm")
+TRAIN_PRECISIONS = ("32-true", "bf16-mixed", "auto")  # a foundation model's; auto: bf16-mixed on a CPU with AMX / AVX-512 BF16
 
 
 class ConfigError(ValueError):
@@ -105,6 +106,9 @@ def validate(cfg: DictConfig) -> None:
     for model in ("clip", "identity", "rater", "base"):
         _num(cfg, f"foundation.{model}.steps", 0, None, True)
         _num(cfg, f"foundation.{model}.lr", 0)
+        if cfg.foundation[model].precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"foundation.{model}.precision must be {', '.join(TRAIN_PRECISIONS)}, "
+                              f"got {cfg.foundation[model].precision!r}")
     _num(cfg, "foundation.base.min_snr_gamma", 0)
     _num(cfg, "foundation.rater.shift", 0, 16, True)
     if cfg.backbone.prediction_type not in ("epsilon", "v_prediction", "sample"):

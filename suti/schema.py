@@ -58,6 +58,7 @@ class ClipTrainSchema:
     batch_size: int = MISSING
     lr: float = MISSING
     caption_drop: float = MISSING
+    precision: str = MISSING
 
 
 @dataclass
@@ -70,6 +71,7 @@ class IdentityTrainSchema:
     embed_dim: int = MISSING
     hard_batches: float = MISSING
     width: int = MISSING
+    precision: str = MISSING
 
 
 @dataclass
@@ -79,6 +81,7 @@ class RaterTrainSchema:
     lr: float = MISSING
     shift: int = MISSING
     width: int = MISSING
+    precision: str = MISSING
 
 
 @dataclass
@@ -90,6 +93,7 @@ class BaseTrainSchema:
     caption_drop: float = MISSING
     uncond_prob: float = MISSING
     ema_decay: float = MISSING
+    precision: str = MISSING
 
 
 @dataclass

@@ -20,7 +20,7 @@ from suti.models.clip import build_clip, text_hidden_states, tokenizer
 from suti.models.diffusion import (build_unet, check_schedule, guided_scheduler, sample, schedule_config, to_uint8,
                                   training_scheduler)
 from suti.models.foundation import (BaseLit, ClipLit, IdentityLit, IdentityNet, RaterLit, RaterNet, corrupt, fit,
-                                    jitter, loader, scene_targets)
+                                    jitter, loader, resolve_precision, scene_targets)
 from suti.models.scorers import Scorers, load_state, save_module
 from suti.world.corpus import rng_for
 from suti.world.render import grid, render
@@ -38,7 +38,9 @@ def recipe(cfg: DictConfig, model: str) -> dict:
     from suti.world.corpus import renderer_version
 
     w = cfg.world
-    out = {"train": OmegaConf.to_container(cfg.foundation[model], resolve=True), "seed": int(cfg.seed),
+    train = OmegaConf.to_container(cfg.foundation[model], resolve=True)
+    train["precision"] = resolve_precision(train["precision"])  # `auto` trains differently by CPU
+    out = {"train": train, "seed": int(cfg.seed),
            # the pre-training renders it learned from: the renderer and what sizes the corpus
            "world": {"renderer": renderer_version(), "resolution": int(w.resolution),
                      "pretrain_subjects": int(w.pretrain_subjects), "pretrain_images": int(w.pretrain_images)}}
@@ -67,7 +69,8 @@ def train_clip(cfg: DictConfig, store, images, scenes) -> dict:
         idx = rng.integers(0, len(images), c.batch_size)
         return torch.as_tensor(images[idx]), tok(_captions(scenes, idx, rng, c.caption_drop))
 
-    loss = fit(ClipLit(model, c.lr, c.steps), loader(batch, cfg.seed + 1), c.steps, cfg.progress, name="clip")
+    loss = fit(ClipLit(model, c.lr, c.steps), loader(batch, cfg.seed + 1), c.steps, cfg.progress, name="clip",
+               precision=c.precision)
     save_module(store, K.CLIP, model, {"config": cfg.backbone.clip_config, "loss": loss})
     return {"loss": loss}
 
@@ -114,7 +117,8 @@ def train_identity(cfg: DictConfig, store, images, scenes) -> dict:
             ids += [int(g)] * len(take)
         return torch.as_tensor(images[idx]), torch.as_tensor(ids)
 
-    loss = fit(IdentityLit(net, c.lr, c.steps, c.temperature), loader(batch, cfg.seed + 2), c.steps, cfg.progress, name="identity")
+    loss = fit(IdentityLit(net, c.lr, c.steps, c.temperature), loader(batch, cfg.seed + 2), c.steps, cfg.progress,
+               name="identity", precision=c.precision)
     save_module(store, K.IDENTITY, net, {"arch": arch, "loss": loss})
     return {"loss": loss}
 
@@ -134,7 +138,8 @@ def train_rater(cfg: DictConfig, store, images, scenes) -> dict:
         return (torch.as_tensor(ims), {k: torch.as_tensor(v[idx]) for k, v in targets.items()},
                 torch.as_tensor(fake), real_label)
 
-    loss = fit(RaterLit(net, c.lr, c.steps), loader(batch, cfg.seed + 3), c.steps, cfg.progress, name="rater")
+    loss = fit(RaterLit(net, c.lr, c.steps), loader(batch, cfg.seed + 3), c.steps, cfg.progress, name="rater",
+               precision=c.precision)
     save_module(store, K.RATER, net, {"arch": arch, "loss": loss})
     return {"loss": loss}
 
@@ -158,7 +163,7 @@ def train_base(cfg: DictConfig, store, images, scenes) -> dict:
 
     lit = BaseLit(unet, clip, training_scheduler(cfg.backbone), c.lr, c.steps, float(c.ema_decay),
                   float(c.min_snr_gamma))
-    loss = fit(lit, loader(batch, cfg.seed + 4), c.steps, cfg.progress, name="base")
+    loss = fit(lit, loader(batch, cfg.seed + 4), c.steps, cfg.progress, name="base", precision=c.precision)
     unet = lit.final_unet()
     save_module(store, K.BASE, unet,
                 {"unet_config": dict(unet.config), "loss": loss, "text_encoder": K.CLIP,

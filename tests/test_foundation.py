@@ -199,3 +199,57 @@ def test_rater_jitter_moves_images_within_bounds():
     assert out.shape == ims.shape and out.dtype == ims.dtype
     assert not np.array_equal(out, ims)
     assert np.array_equal(jitter(ims, rng, 0), ims)
+
+
+def test_bf16_mixed_training_runs_the_forward_in_bf16_and_keeps_fp32_weights(monkeypatch):
+    """`foundation.<model>.precision`: bf16-mixed autocasts the forward (the rater's convolutions
+    compute in bf16), the weights and the optimizer stay fp32; `auto` follows the CPU's bf16
+    instructions, and the recipe records the resolved precision, so a model trained in fp32 is
+    not reused where auto now means bf16."""
+    import torch
+
+    import suti.models.foundation as MF
+    from suti.config import compose
+    from suti.tasks.foundation import recipe
+
+    torch.manual_seed(0)
+    net = MF.RaterNet(width=8)
+    seen = []
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    rng = np.random.default_rng(0)
+    scenes = [json.loads(line) for line in _pretrain_scene_lines(8)]
+    targets = MF.scene_targets(scenes)
+    ims = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+
+    def batch(_rng):
+        fake = MF.corrupt(ims[:4], _rng)
+        return (torch.as_tensor(ims), {k: torch.as_tensor(v) for k, v in targets.items()}, torch.as_tensor(fake),
+                torch.cat([torch.ones(8), torch.zeros(4)]))
+
+    before = [p.detach().clone() for p in net.parameters()]
+    loss = MF.fit(MF.RaterLit(net, 1e-3, 3), MF.loader(batch, 0), 3, progress=False, precision="bf16-mixed")
+    assert np.isfinite(loss)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # it trained
+
+    for fast, want in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(MF, "fast_bf16_cpu", lambda fast=fast: fast)
+        assert MF.resolve_precision("auto") == want
+        cfg = compose(["workdir=/tmp/suti-unused", "foundation.rater.precision=auto"])
+        assert recipe(cfg, "rater")["train"]["precision"] == want
+    assert MF.resolve_precision("32-true") == "32-true"
+    with pytest.raises(ValueError, match="32-true, bf16-mixed, auto"):
+        MF.resolve_precision("fp16")
+
+
+def _pretrain_scene_lines(n: int) -> list[str]:
+    """n pre-training scenes as the world stores them (one JSON line each)."""
+    from dataclasses import asdict
+
+    from suti.world.scene import make_subject, random_scene
+
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(rng, make_subject(rng, f"s{i}")) for i in range(n)]
+    return [json.dumps({**sc.labels(), "subject": asdict(sc.subject)}) for sc in scenes]
