@@ -11,8 +11,11 @@ Prints JSON: seconds per step, seconds per sampled batch, added parameters, demo
     .venv/bin/python bench/demo_site_cost.py --setting down_up:0 --setting down_up:0:base --setting down_up:0:base-nodemograd
     .venv/bin/python bench/demo_site_cost.py --setting down_up:0:base --text   # + the text tower's share of a step
 
-A setting is SITES:POOL[:BASE], BASE = frozen (default) | base (the base UNet trains too, apprentice.train_base)
-| base-nodemograd (it trains, but the demo pass records no graph: apprentice.demo_grad=false).
+A setting is SITES:POOL[:BASE[:PRECISION]], BASE = frozen (default) | base (the base UNet trains too,
+apprentice.train_base) | base-nodemograd (it trains, but the demo pass records no graph: apprentice.demo_grad=false);
+PRECISION = fp32 (default) | bf16 (the forward passes under bfloat16 autocast, as Lightning's bf16-mixed).
+
+    .venv/bin/python bench/demo_site_cost.py --setting down_up:0:base --setting down_up:0:base:bf16
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--setting", action="append", default=[], metavar="SITES:POOL",
+    ap.add_argument("--setting", action="append", default=[], metavar="SITES:POOL[:BASE[:PRECISION]]",
                     help="demo_sites:demo_pool[:frozen|base|base-nodemograd], e.g. all:16 (default: down_up:0 all:0 all:16)")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per setting (after one warm-up)")
@@ -56,17 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     L, D = 32, int(base.config.cross_attention_dim)
     settings = []
     for s in args.setting or ["down_up:0", "all:0", "all:16"]:
-        sites, pool, mode = (s.split(":") + ["", ""])[:3]
-        mode = mode or "frozen"
+        sites, pool, mode, prec = (s.split(":") + ["", "", ""])[:4]
+        mode, prec = mode or "frozen", prec or "fp32"
         if mode not in ("frozen", "base", "base-nodemograd"):
             raise SystemExit(f"setting {s!r}: BASE must be frozen, base or base-nodemograd")
+        if prec not in ("fp32", "bf16"):
+            raise SystemExit(f"setting {s!r}: PRECISION must be fp32 or bf16 (autocast of the forward passes)")
         app = ApprenticeUNet(copy.deepcopy(base), ApprenticeConfig(demo_sites=sites, demo_pool=int(pool or 0),
                                                                     gate_init=1.0, out_init="zero"))
         app.freeze_base(mode == "frozen")
         params = list(app.demo_parameters()) + ([] if mode == "frozen" else list(app.unet.parameters()))
         opt = torch.optim.AdamW(params, lr=1e-3)
         settings.append({"name": s, "app": app, "opt": opt, "train": [], "sample": [],
-                         "demo_grad": mode != "base-nodemograd"})
+                         "demo_grad": mode != "base-nodemograd", "bf16": prec == "bf16"})
 
     g = torch.Generator().manual_seed(1)
     B, K = args.batch, args.demos
@@ -82,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         app.train()
         t0 = time.perf_counter()
         for _ in range(args.train_steps):
-            mem = app.encode_demos(demos, demo_text, base_grad=st["demo_grad"])
-            loss = (app(x, t, text, mem) - x).pow(2).mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=st["bf16"]):
+                mem = app.encode_demos(demos, demo_text, base_grad=st["demo_grad"])
+                loss = (app(x, t, text, mem).float() - x).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -92,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     def sample_round(st) -> float:
         app = st["app"].eval()
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=st["bf16"]):
             m = app.encode_demos(demos[:1], demo_text[:1]).detach().expand(n)
             mem = DemoMemory.cat([m.without_demos(), m])  # CFG layout [no demos; demos]
             xs = torch.randn(n, C, R, R, generator=torch.Generator().manual_seed(2))
             for i in range(args.sample_steps):
                 ts = torch.full((2 * n,), 999 - i * (1000 // args.sample_steps))
-                out = app(torch.cat([xs, xs]), ts, text[:2 * n], mem)
+                out = app(torch.cat([xs, xs]), ts, text[:2 * n], mem).float()
                 xs = xs - 0.01 * out[n:]
         return time.perf_counter() - t0
 

@@ -123,6 +123,10 @@ def validate(cfg: DictConfig) -> None:
     _num(cfg, "apprentice.steps", 0, None, True)
     _num(cfg, "apprentice.demos", 1, 16, True)
     _num(cfg, "apprentice.demos_min", 1, int(cfg.apprentice.demos), True)  # null: always `demos`
+    _num(cfg, "apprentice.targets_per_demo_set", 1, int(cfg.apprentice.batch_size), True)
+    if int(cfg.apprentice.batch_size) % int(cfg.apprentice.targets_per_demo_set):
+        raise ConfigError(f"apprentice.targets_per_demo_set must divide apprentice.batch_size "
+                          f"({cfg.apprentice.batch_size}), got {cfg.apprentice.targets_per_demo_set}")
     if cfg.apprentice.source not in ("G", "mix"):
         raise ConfigError(f"apprentice.source must be G or mix, got {cfg.apprentice.source!r} (the raw clusters "
                           "alone are `suti train --source clusters`, the Re-Imagen baseline)")

@@ -167,6 +167,7 @@ class FilterSchema:
 class ApprenticeSchema:
     demos: int = MISSING
     demos_min: Optional[int] = MISSING
+    targets_per_demo_set: int = MISSING
     demo_sites: str = MISSING
     heads: int = MISSING
     demo_timestep: int = MISSING

@@ -465,6 +465,50 @@ def test_text_states_encode_each_string_once_and_equal_the_batched_tower(trained
     assert len(small._states) == 2 and list(small._states) == texts[-2:]
 
 
+def test_a_demo_set_shared_by_two_targets_trains_like_two_copies_of_it(trained):
+    """`apprentice.targets_per_demo_set: 2`: a batch of 4 holds 2 demo sets, each with two
+    targets of its own subject, neither of them among the set's demos; the training loss
+    equals that of the same batch with every set copied once per target (the demo pass runs
+    half as often, the math is the same)."""
+    from dataclasses import replace
+
+    from suti.models.apprentice import ApprenticeUNet
+    from suti.models.backbone import load_backbone
+    from suti.tasks.apprentice import GBatches, ImageSource
+    from suti.tasks.apprentice.module import ApprenticeLit
+    from suti.tasks.apprentice.settings import apprentice_config
+
+    cfg, store = trained["cfg"], trained["store"]
+    pages = [json.loads(x) for x in store.get_bytes("world/pages.jsonl").decode().splitlines() if x.strip()]
+    rows = []
+    for page in [p for p in pages if len(p["images"]) >= 4][:3]:  # every image of a page a target once
+        keys = [f"world/{im['key']}" for im in page["images"]]
+        for j, key in enumerate(keys):
+            rows.append({"sample_key": key, "cluster_id": page["page"], "prompt": page["images"][j]["alt"],
+                         "demo_keys": keys[:j] + keys[j + 1:], "demo_texts": ["d"] * (len(keys) - 1)})
+    bb = load_backbone(cfg, store)
+    images = ImageSource(store, bb.resolution)
+    owner = {images.get(r["sample_key"]).tobytes(): r["cluster_id"] for r in rows}
+    shared = replace(settings_with(batch_size=4, demos=3, text_drop=0.0, demo_drop=0.0, demo_text_drop=0.0, seed=1),
+                     targets_per_demo_set=2)
+    batch = GBatches(rows, images, shared).batch(0)
+    assert batch["target"].shape[0] == 4 and batch["demos"].shape[:2] == (2, 3) and batch["mask"].all()
+    for g in range(2):
+        targets = [batch["target"][2 * g + m].numpy().tobytes() for m in range(2)]
+        demos = [d.numpy().tobytes() for d in batch["demos"][g]]
+        assert len({owner[t] for t in targets + demos}) == 1  # one subject per set
+        assert not set(targets) & set(demos)  # no target is shown as its own demo
+
+    torch.manual_seed(0)
+    app = ApprenticeUNet(bb.unet, apprentice_config(cfg))
+    copied = {**batch, "demos": batch["demos"].repeat_interleave(2, 0), "mask": batch["mask"].repeat_interleave(2, 0),
+              "demo_texts": [t for t in batch["demo_texts"] for _ in range(2)]}
+    with torch.no_grad():
+        one = ApprenticeLit(bb, app, shared).training_step(batch, 0)
+        two = ApprenticeLit(bb, app, replace(shared, targets_per_demo_set=1)).training_step(copied, 0)
+    assert torch.isfinite(one) and torch.allclose(one, two, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- kill and resume
 
 

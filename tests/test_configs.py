@@ -57,6 +57,7 @@ def test_file_store_uri_is_absolute(tmp_path):
     ("pipeline.eval_limit=0", "pipeline.eval_limit must be >= 1"),
     ("apprentice.demos_min=4", "apprentice.demos_min must be <= 3, got 4"),
     ("apprentice.source=clusters", "apprentice.source must be G or mix, got 'clusters'"),
+    ("apprentice.targets_per_demo_set=3", "apprentice.targets_per_demo_set must divide apprentice.batch_size (16), got 3"),
     ("foundation.rater.precision=bf16", "foundation.rater.precision must be 32-true, bf16-mixed, auto, got 'bf16'"),
     # the typed schema (suti/schema.py): unknown keys and wrong types, named
     ("+expert.nope=1", "unknown config key 'expert.nope'"),

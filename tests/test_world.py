@@ -159,4 +159,4 @@ def test_stale_world_is_rebuilt_when_the_renderer_changes(tmp_path, monkeypatch)
     from suti.tasks.foundation import recipe
 
     assert recipe(OmegaConf.create({"world": asdict(WorldConfig(**SMALL)), "seed": 0,
-                                    "foundation": {"clip": {"steps": 1}}}), "clip")["world"]["renderer"] == "v2-edited000000"
+                                    "foundation": {"clip": {"steps": 1, "precision": "32-true"}}}), "clip")["world"]["renderer"] == "v2-edited000000"

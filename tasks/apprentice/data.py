@@ -52,7 +52,13 @@ class ImageSource:
 
 class GBatches(torch.utils.data.IterableDataset):
     """Endless stream of whole batches over G(lambda). The batch of step ``s`` on rank
-    ``r`` depends only on (seed, s, r): a resumed run sees the batches it would have seen."""
+    ``r`` depends only on (seed, s, r): a resumed run sees the batches it would have seen.
+
+    With ``targets_per_demo_set`` T > 1 a batch holds ``batch_size / T`` demo sets, each
+    shared by T targets of one subject (the drawn row and T - 1 other rows of its cluster;
+    no target is among its set's demos): the demo pass, most of a step's compute, runs once
+    per set. ``demos``, ``demo_texts`` and ``mask`` then have ``batch_size / T`` rows; target
+    ``b`` reads set ``b // T``."""
 
     def __init__(self, rows: list[dict], images: ImageSource, settings: TrainSettings, start_step: int = 0,
                  rank: int = 0):
@@ -60,6 +66,11 @@ class GBatches(torch.utils.data.IterableDataset):
             raise ValueError("G(lambda) is empty: nothing to train on")
         self.rows, self.images, self.s = rows, images, settings
         self.start_step, self.rank = int(start_step), int(rank)
+        self.per_set = int(settings.targets_per_demo_set)
+        self.by_cluster: dict = {}
+        if self.per_set > 1:
+            for i, r in enumerate(rows):
+                self.by_cluster.setdefault(r.get("cluster_id", i), []).append(i)
 
     def __iter__(self):
         step = self.start_step
@@ -67,30 +78,44 @@ class GBatches(torch.utils.data.IterableDataset):
             yield self.batch(step)
             step += 1
 
+    def _targets(self, i: int, rng: np.random.Generator) -> list[int]:
+        """Row ``i`` and the rows that share its demo set (``per_set`` in all)."""
+        if self.per_set == 1:
+            return [i]
+        others = [j for j in self.by_cluster[self.rows[i].get("cluster_id", i)] if j != i] or [i]
+        pick = rng.choice(len(others), size=self.per_set - 1, replace=len(others) < self.per_set - 1)
+        return [i] + [others[int(j)] for j in pick]
+
     def batch(self, step: int) -> dict:
         s, R, K = self.s, self.images.resolution, self.s.demos
         rng = np.random.default_rng([s.seed, int(step), self.rank])
-        idx = rng.integers(0, len(self.rows), s.batch_size)
+        sets = s.batch_size // self.per_set
+        idx = rng.integers(0, len(self.rows), sets)
         target = np.zeros((s.batch_size, R, R, 3), np.uint8)
-        demos = np.zeros((s.batch_size, K, R, R, 3), np.uint8)
-        mask = np.zeros((s.batch_size, K), bool)
+        demos = np.zeros((sets, K, R, R, 3), np.uint8)
+        mask = np.zeros((sets, K), bool)
         prompts, demo_texts = [], []
-        for b, i in enumerate(idx):
+        for g, i in enumerate(idx):
+            members = self._targets(int(i), rng)
+            for m, j in enumerate(members):
+                row = self.rows[j]
+                target[g * self.per_set + m] = self.images.get(row["sample_key"])
+                prompts.append("" if rng.random() < s.text_drop else str(row["prompt"]))
             row = self.rows[int(i)]
-            target[b] = self.images.get(row["sample_key"])
-            prompts.append("" if rng.random() < s.text_drop else str(row["prompt"]))
-            keys = list(row["demo_keys"])
-            texts = list(row.get("demo_texts") or [""] * len(keys))
-            n = min(K, len(keys))
+            own = {self.rows[j]["sample_key"] for j in members}  # never a shared set's demo and a target
+            pairs = [(k, t) for k, t in zip(row["demo_keys"], row.get("demo_texts") or [""] * len(row["demo_keys"]))
+                     if k not in own]
+            n = min(K, len(pairs))
             if s.demos_min is not None and n > s.demos_min:  # a count per example, so fewer demos are seen too
                 n = int(rng.integers(s.demos_min, n + 1))
-            take = rng.choice(len(keys), size=n, replace=False) if keys else []
+            take = rng.choice(len(pairs), size=n, replace=False) if pairs else []
             drop_all = rng.random() < s.demo_drop
             row_texts = []
             for k, j in enumerate(take):
-                demos[b, k] = self.images.get(keys[int(j)])
-                mask[b, k] = not drop_all
-                row_texts.append("" if rng.random() < s.demo_text_drop else str(texts[int(j)]))
+                key, text = pairs[int(j)]
+                demos[g, k] = self.images.get(key)
+                mask[g, k] = not drop_all
+                row_texts.append("" if rng.random() < s.demo_text_drop else str(text))
             row_texts += [""] * (K - len(row_texts))
             demo_texts.append(row_texts)
         return {"target": torch.from_numpy(target), "prompts": prompts, "demos": torch.from_numpy(demos),

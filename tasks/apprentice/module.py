@@ -98,13 +98,16 @@ class ApprenticeLit(L.LightningModule):
     def training_step(self, batch, batch_idx):
         bb = self.backbone
         mask = batch["mask"]
-        b, k = mask.shape
+        sets, k = mask.shape  # demo sets: one per target, or one per `targets_per_demo_set` targets
         with torch.no_grad():
             x0 = bb.encode_images(batch["target"])
             text = self.texts(batch["prompts"])
-            demo_x = bb.encode_images(batch["demos"].flatten(0, 1)).unflatten(0, (b, k))
-            demo_t = self.texts([t for row in batch["demo_texts"] for t in row]).unflatten(0, (b, k))
+            demo_x = bb.encode_images(batch["demos"].flatten(0, 1)).unflatten(0, (sets, k))
+            demo_t = self.texts([t for row in batch["demo_texts"] for t in row]).unflatten(0, (sets, k))
+        b = len(x0)
         memory = self.app.encode_demos(demo_x, demo_t, mask, base_grad=self.settings.demo_grad)
+        if sets != b:
+            memory = memory.repeat_interleave(b // sets)  # target i reads set i // T
         g = self._generator()
         noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
         n_train = self.noise_scheduler.config.num_train_timesteps

@@ -24,6 +24,7 @@ class TrainSettings:
     batch_size: int  # examples per step (per device)
     demos: int  # demonstrations per example (sampled from the cluster C_s), at most
     demos_min: int | None  # fewest per example (the count is drawn from demos_min..demos); None: always demos
+    targets_per_demo_set: int  # targets of one subject that share one demo set (and its demo pass) in a batch
     lr: float  # learning rate of the new demo layers
     train_base: bool  # also fine-tune the base UNet ...
     base_lr: float  # ... at this (lower) learning rate
@@ -51,7 +52,8 @@ class TrainSettings:
         kw["progress"] = bool(cfg.progress)
         if dreamsuti:
             kw.update(steps=a.dreamsuti_steps, lr=a.dreamsuti_lr, batch_size=a.dreamsuti_batch_size,
-                      train_base=a.dreamsuti_train_base, base_lr=a.dreamsuti_lr, demos=1, demos_min=None)
+                      train_base=a.dreamsuti_train_base, base_lr=a.dreamsuti_lr, demos=1, demos_min=None,
+                      targets_per_demo_set=1)
         out = cls(**kw)
         out.validate()
         return out
@@ -68,6 +70,9 @@ class TrainSettings:
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"apprentice.{name} must be in [0, 1], got {v}")
+        if self.targets_per_demo_set < 1 or self.batch_size % self.targets_per_demo_set:
+            raise ConfigError(f"apprentice.targets_per_demo_set must be >= 1 and divide batch_size "
+                              f"({self.batch_size}), got {self.targets_per_demo_set}")
         if self.checkpoint_every < 0 or self.log_every < 1:
             raise ConfigError("apprentice.checkpoint_every must be >= 0 and apprentice.log_every >= 1")
 
