@@ -56,9 +56,10 @@ class GBatches(torch.utils.data.IterableDataset):
 
     With ``targets_per_demo_set`` T > 1 a batch holds ``batch_size / T`` demo sets, each
     shared by T targets of one subject (the drawn row and T - 1 other rows of its cluster;
-    no target is among its set's demos): the demo pass, most of a step's compute, runs once
-    per set. ``demos``, ``demo_texts`` and ``mask`` then have ``batch_size / T`` rows; target
-    ``b`` reads set ``b // T``."""
+    no target is among its set's demos): the demo pass (the UNet's down stack over K demos)
+    runs once per set. At T = 2 the default step measured 0.89x, and the apprentice trained
+    worse at equal steps (bench/README.md). ``demos``, ``demo_texts`` and ``mask`` then have
+    ``batch_size / T`` rows; target ``b`` reads set ``b // T``."""
 
     def __init__(self, rows: list[dict], images: ImageSource, settings: TrainSettings, start_step: int = 0,
                  rank: int = 0):
