@@ -68,10 +68,12 @@ class GBatches(torch.utils.data.IterableDataset):
         self.rows, self.images, self.s = rows, images, settings
         self.start_step, self.rank = int(start_step), int(rank)
         self.per_set = int(settings.targets_per_demo_set)
-        self.by_cluster: dict = {}
+        self.peers: list[list[int]] = []  # per row, the other rows of its cluster (only when sets are shared)
         if self.per_set > 1:
+            by_cluster: dict = {}
             for i, r in enumerate(rows):
-                self.by_cluster.setdefault(r.get("cluster_id", i), []).append(i)
+                by_cluster.setdefault(r.get("cluster_id", i), []).append(i)
+            self.peers = [[j for j in by_cluster[r.get("cluster_id", i)] if j != i] for i, r in enumerate(rows)]
 
     def __iter__(self):
         step = self.start_step
@@ -83,7 +85,7 @@ class GBatches(torch.utils.data.IterableDataset):
         """Row ``i`` and the rows that share its demo set (``per_set`` in all)."""
         if self.per_set == 1:
             return [i]
-        others = [j for j in self.by_cluster[self.rows[i].get("cluster_id", i)] if j != i] or [i]
+        others = self.peers[i] or [i]
         pick = rng.choice(len(others), size=self.per_set - 1, replace=len(others) < self.per_set - 1)
         return [i] + [others[int(j)] for j in pick]
 

@@ -70,9 +70,6 @@ class TrainSettings:
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"apprentice.{name} must be in [0, 1], got {v}")
-        if self.targets_per_demo_set < 1 or self.batch_size % self.targets_per_demo_set:
-            raise ConfigError(f"apprentice.targets_per_demo_set must be >= 1 and divide batch_size "
-                              f"({self.batch_size}), got {self.targets_per_demo_set}")
         if self.checkpoint_every < 0 or self.log_every < 1:
             raise ConfigError("apprentice.checkpoint_every must be >= 0 and apprentice.log_every >= 1")
 
