@@ -25,6 +25,9 @@ def _load(reports: Path, name: str) -> dict | None:
 
 
 def _numbers(d) -> dict:
+    """A report's `seconds`: a breakdown {part: seconds}, or one number (eval.json's total)."""
+    if isinstance(d, (int, float)) and not isinstance(d, bool):
+        return {"total": d}
     return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
