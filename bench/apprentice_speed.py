@@ -40,6 +40,8 @@ def parse(argv=None):
     p.add_argument("--model", default="models:/suti-apprentice@candidate", help="apprentice to time")
     p.add_argument("--subjects", type=int, default=2, help="held-out subjects to time")
     p.add_argument("--images", type=int, default=4, help="images per subject (paper: 4)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="the apprentice's sampling steps (default: its export's; bench/sampling_cost.py scores them on val)")
     p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides (e.g. profile=smoke)")
     return p.parse_args(argv)
 
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
         pipeline_flow(overrides=ov)
     cfg, store = prepare(ov)
     app = load_apprentice(args.model, cfg, store, device="cpu")
+    if args.steps is not None:
+        app.defaults["steps"] = int(args.steps)
     base_state = load_state(store, "foundation/base/model.pt")
     clip = load_clip(cfg, store)
     subjects = store.get_json("world/heldout/index.json")["subjects"][: args.subjects]

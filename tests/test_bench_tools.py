@@ -1,5 +1,5 @@
-"""bench/stage_profile.py: the stage profile read from a reports folder, whatever shape each
-report's `seconds` has (a breakdown per part, or eval.json's one total)."""
+"""Small benches read without a run: bench/stage_profile.py (whatever shape each report's
+`seconds` has) and bench/sampling_cost.py's settings."""
 from __future__ import annotations
 
 import json
@@ -27,3 +27,13 @@ def test_profile_reads_a_breakdown_and_a_total(tmp_path):
     assert out["detail"]["eval"]["seconds"] == {"total": 199.5}
     assert out["detail"]["eval"]["subjects"] == 2
     assert out["over_budget_seconds"] == 50.0
+
+
+def test_sampling_cost_settings_parse_or_fail_in_one_line():
+    import pytest
+    import sampling_cost as SC
+
+    assert SC.parse_setting("10:2.0") == (10, 2.0)
+    assert SC.parse_setting("25:none") == (25, None)
+    with pytest.raises(SystemExit, match="steps:demo_guidance"):
+        SC.parse_setting("ten")
