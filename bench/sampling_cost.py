@@ -1,13 +1,12 @@
 """The apprentice's inference settings against their cost, on val: for each setting
 (DPM-Solver++ steps, demo guidance or one CFG scale) the same val subjects, Table 1 slots
 (shared prompts) and seeds, scored like Table 1 (identity, CLIP-T, overall), and the seconds
-of one 4-image request. Reads the store only (no base or expert images are made).
+of one 4-image request. Samples through Table 1's own `apprentice_images`; reads the store only (no base or expert images are made).
 
     .venv/bin/python bench/sampling_cost.py --workdir /tmp/w/work --model models:/suti-apprentice@champion \\
         --setting 25:2.0 --setting 15:2.0 --setting 10:2.0 --setting 25:none
 
-A setting is `steps:demo_guidance` (`none`: one guidance scale for text and demos, two UNet
-passes a step instead of three)."""
+A setting is `steps:demo_guidance` (`none`: one guidance scale for text and demos)."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +39,7 @@ def main(argv=None) -> int:
     settings = [parse_setting(s) for s in (args.setting or ["25:2.0", "15:2.0", "25:none"])]
 
     import torch
+    from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
     from suti.config import setup_env
@@ -57,18 +57,15 @@ def main(argv=None) -> int:
     for steps, dg in settings:
         # generate(demo_guidance=None) means "the export's default": one scale is asked for through the defaults
         app.defaults["demo_guidance"] = dg
-        kw = dict(guidance=float(cfg.eval.guidance), scheduler=str(cfg.eval.scheduler), steps=steps, demo_guidance=dg)
+        c = OmegaConf.merge(cfg, {"eval": {"sample_steps": steps, "demo_guidance": dg}})  # Table 1's sampler, this setting
+        kw = dict(guidance=float(c.eval.guidance), scheduler=str(c.eval.scheduler), steps=steps, demo_guidance=dg)
         parts, gen_s, n_img = [], 0.0, 0
         for case in cases:
             recs = E.dreambench_records(case.described, case.live)[: args.prompts]
-            seeds = E.seeds_for(case, len(recs), int(cfg.seed))
-            ims = []
-            for r, s in zip(recs, seeds):
-                t0 = time.time()
-                ims += app.generate(list(case.demos[:k]), list(case.demo_texts[:k]), r["text"], num_images=1, seed=s, **kw)
-                gen_s += time.time() - t0
-                n_img += 1
-            parts.append(E.score(sc, store, np.stack(ims), recs, [case.demos] * len(recs)))
+            t0 = time.time()
+            ims = E.apprentice_images(app, case, recs, 1, E.seeds_for(case, len(recs), int(cfg.seed)), c, k=k)
+            gen_s, n_img = gen_s + time.time() - t0, n_img + len(ims)
+            parts.append(E.score(sc, store, ims, recs, [case.demos] * len(recs)))
         # one request as a user makes it: the first subject's demos, 4 images
         c0 = cases[0]
         t0 = time.time()
